@@ -1,0 +1,1 @@
+"""One actor per enrolled device, the challenge supervisor, and their supervision."""

@@ -1,0 +1,1 @@
+"""The pushguard node: configuration, wire protocols, stores, shared state, servers."""

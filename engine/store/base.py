@@ -1,0 +1,116 @@
+"""The durable store: what must survive a crash or restart.
+
+Users, push devices, hashed enrollment codes, challenges with their decisions
+and delivery times, policy, and the append-only audit log. SQLite serves one
+machine (engine/store/sqlite.py); PostgreSQL will serve a cluster. Every
+implementation passes tests/engine/store/conformance.py unchanged.
+
+Each mutating call takes the audit entries that describe it and commits them
+in the same transaction, so that a state change and its audit record are both
+kept or both lost. A call returns only after its transaction is durable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from engine.models import AuditEntry, AuditRecord, Challenge, Decision, Device, Enrollment
+
+
+class EnrollmentRejected(Exception):
+    """The enrollment code is unknown, already used or expired."""
+
+
+class Store(Protocol):
+    # -- enrollments -------------------------------------------------------
+    async def create_enrollment(
+        self, enrollment: Enrollment, code_hash: bytes, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        """Store a pending enrollment; only the hash of its one-time code is kept."""
+
+    async def get_enrollment(self, enrollment_id: str, now_ms: int) -> Enrollment | None:
+        """The enrollment, with status `expired` if pending past its expiry."""
+
+    async def complete_enrollment(
+        self, code_hash: bytes, device: Device, now_ms: int, audit: Sequence[AuditEntry] = ()
+    ) -> tuple[Enrollment, Device | None]:
+        """Atomically: check the code (pending, not expired), mark it completed,
+        revoke the user's current device if any, insert `device` (its user_id
+        is replaced by the enrollment's user). Returns the completed enrollment
+        and the device that was revoked, or None.
+
+        Raises:
+            EnrollmentRejected: the code is unknown, used or expired.
+        """
+
+    # -- devices -----------------------------------------------------------
+    async def get_device(self, device_id: str) -> Device | None:
+        """The device, revoked or not."""
+
+    async def active_device_for_user(self, user_id: str) -> Device | None:
+        """The user's one device that is not revoked, or None."""
+
+    async def revoke_device(
+        self, device_id: str, now_ms: int, audit: Sequence[AuditEntry] = ()
+    ) -> Device | None:
+        """Revoke the device if it is active; returns it as revoked, or None if
+        it was unknown or already revoked (the audit entries are then not written)."""
+
+    async def update_push_token(self, device_id: str, push_token: str | None) -> None: ...
+
+    async def touch_device(self, device_id: str, last_seen_ms: int) -> None:
+        """Record when the device was last connected."""
+
+    # -- challenges --------------------------------------------------------
+    async def create_challenge(self, challenge: Challenge, audit: Sequence[AuditEntry] = ()) -> None: ...
+
+    async def get_challenge(self, challenge_id: str) -> Challenge | None: ...
+
+    async def decide_challenge(
+        self, challenge_id: str, decision: Decision, audit: Sequence[AuditEntry] = ()
+    ) -> Challenge | None:
+        """The linearisation point of "the first valid decision wins": set the
+        decision only if the challenge is still pending. Returns the decided
+        challenge if this call decided it, else None (and writes no audit)."""
+
+    async def record_delivery(
+        self,
+        challenge_id: str,
+        *,
+        channel: str | None = None,
+        sent_at: int | None = None,
+        delivered_at: int | None = None,
+        shown_at: int | None = None,
+    ) -> None:
+        """Set each given delivery field that is still empty: the first time wins."""
+
+    async def open_challenges_for_device(self, device_id: str, now_ms: int) -> list[Challenge]:
+        """Pending challenges of the device whose expiry is after now, oldest first."""
+
+    async def pending_challenges(self) -> list[Challenge]:
+        """Every pending challenge, expired or not (a restarted node re-arms their expiry)."""
+
+    # -- policy ------------------------------------------------------------
+    async def load_policy(self) -> dict[str, Any]:
+        """Operator changes to the policy, key by key ({} when none)."""
+
+    async def save_policy(self, changes: dict[str, Any], audit: Sequence[AuditEntry] = ()) -> None:
+        """Merge changes into the stored policy."""
+
+    # -- audit -------------------------------------------------------------
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> None: ...
+
+    async def query_audit(
+        self,
+        *,
+        user_id: str | None = None,
+        device_id: str | None = None,
+        challenge_id: str | None = None,
+        kind: str | None = None,
+        since_ms: int | None = None,
+        after_seq: int | None = None,
+        limit: int = 100,
+    ) -> list[AuditRecord]:
+        """Matching records in sequence order. `kind` matches exactly, or a
+        prefix when it ends with '.' ("challenge." matches "challenge.decided")."""
