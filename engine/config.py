@@ -34,6 +34,15 @@ class Listener:
     certfile: str | None = None
     keyfile: str | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError("a listener's host must be a non-empty string")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ConfigError(f"a listener's port must be an integer from 0 to 65535, not {self.port!r}")
+        for name in ("certfile", "keyfile"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ConfigError(f"a listener's {name} must be a path string")
+
     @property
     def tls(self) -> bool:
         return self.certfile is not None

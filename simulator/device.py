@@ -24,7 +24,7 @@ import jwt
 import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, connect_websocket_url
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
 
 from engine.protocol.context_hash import context_hash
 from engine.protocol.device import (
@@ -101,7 +101,9 @@ class SimPhone:
     device_id: str | None = None
     account: str | None = None
     audience: str | None = None
+    local_address: str | None = None  # a source address in 127.0.0.0/8, for large fleets
     ws: WebSocketConnection | None = None
+    _stream: trio.abc.Stream | None = None
     received: list[ServerMessage] = field(default_factory=list)  # frames skipped by `expect`
 
     def __post_init__(self) -> None:
@@ -114,10 +116,30 @@ class SimPhone:
 
     # -- connection ------------------------------------------------------------
     async def connect(self) -> None:
-        """Open the websocket (no hello yet)."""
-        self.ws = await connect_websocket_url(
-            self.nursery, self.url, ssl_context=self.ssl_context,
-            subprotocols=[self.codec.subprotocol], message_queue_size=256)
+        """Open the websocket (no hello yet).
+
+        The phone owns its TCP stream (rather than letting trio-websocket open
+        it) so that it can pick a source address and close the socket itself:
+        trio-websocket 0.12 leaves a client's socket open when the server ends
+        the connection.
+        """
+        await self._close_stream()
+        target = urlparse(self.url)
+        secure = target.scheme == "wss"
+        port = target.port or (443 if secure else 80)
+        stream: trio.abc.Stream = await trio.open_tcp_stream(
+            target.hostname, port, local_address=self.local_address)
+        if secure:
+            stream = trio.SSLStream(stream, self.ssl_context or ssl.create_default_context(),
+                                    server_hostname=target.hostname)
+        self._stream = stream
+        try:
+            self.ws = await wrap_client_stream(
+                self.nursery, stream, target.hostname, target.path or "/",
+                subprotocols=[self.codec.subprotocol], message_queue_size=256)
+        except BaseException:
+            await self._close_stream()
+            raise
 
     async def connect_with_backoff(self, *, attempts: int = 10, base_s: float = 0.05,
                                    cap_s: float = 2.0) -> Welcome:
@@ -140,6 +162,13 @@ class SimPhone:
         if self.ws is not None:
             with trio.move_on_after(2):
                 await self.ws.aclose(code)
+        await self._close_stream()
+
+    async def _close_stream(self) -> None:
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            with trio.move_on_after(1):
+                await stream.aclose()
 
     @property
     def close_code(self) -> int | None:
@@ -168,6 +197,7 @@ class SimPhone:
                 data = await self.ws.get_message()
             except ConnectionClosed as exc:
                 reason = exc.reason
+                await self._close_stream()
                 raise PhoneClosed(reason.code if reason else None, reason.reason if reason else None) from None
         return self.codec.decode_server(data)
 

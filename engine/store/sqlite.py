@@ -1,0 +1,860 @@
+"""The durable store on SQLite: one machine, one database file.
+
+Writes are group-committed. Every mutating call queues an operation (a function
+of the writer connection) and waits; one writer task takes whatever has queued
+up and runs it as ONE transaction in a worker thread, so one fsync serves many
+callers. Each operation runs inside its own SAVEPOINT: one that raises is
+undone and its exception goes to its caller alone, while the rest of the batch
+commits. Conditional writes ("the first decision wins", "a code is used once")
+decide inside their operation, so the check and the change are atomic.
+
+Reads run in worker threads on a small pool of read-only connections; WAL mode
+lets them proceed while the writer commits. The Trio thread never waits on
+SQLite: every call into it happens in `trio.to_thread.run_sync`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from engine.models import (
+    AuditEntry,
+    AuditRecord,
+    Challenge,
+    ChallengeStatus,
+    Decision,
+    Delivery,
+    Device,
+    Enrollment,
+    EnrollmentStatus,
+    MatchMode,
+    Platform,
+    ResourceKind,
+)
+from engine.store.base import EnrollmentRejected
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 5_000  # another process holding the write lock: wait this long, then fail
+READ_CONNECTIONS = 3
+WRITE_QUEUE_SIZE = 1_024  # a full queue makes writers wait: backpressure, not loss
+MAX_BATCH = 256  # bounds one transaction's duration, and so the latency of the next batch
+AUDIT_QUERY_LIMIT = 1_000
+_SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+
+# Migration N (1-based) takes a database from `PRAGMA user_version` N-1 to N.
+# Append new migrations; never edit one that has shipped.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE users (
+            user_id    TEXT PRIMARY KEY,
+            created_at INTEGER NOT NULL
+        )""",
+        """CREATE TABLE devices (
+            device_id   TEXT PRIMARY KEY,
+            user_id     TEXT NOT NULL REFERENCES users (user_id),
+            public_key  BLOB NOT NULL,
+            platform    TEXT NOT NULL,
+            push_token  TEXT,
+            device_name TEXT,
+            app_version TEXT,
+            enrolled_at INTEGER NOT NULL,
+            revoked_at  INTEGER,
+            last_seen   INTEGER
+        )""",
+        # The database itself guarantees at most one active device per user.
+        """CREATE UNIQUE INDEX devices_one_active_per_user
+            ON devices (user_id) WHERE revoked_at IS NULL""",
+        # No foreign key on user_id: a user exists once a device is enrolled.
+        """CREATE TABLE enrollments (
+            enrollment_id TEXT PRIMARY KEY,
+            user_id       TEXT NOT NULL,
+            code_hash     BLOB NOT NULL UNIQUE,
+            created_at    INTEGER NOT NULL,
+            expires_at    INTEGER NOT NULL,
+            status        TEXT NOT NULL,
+            device_id     TEXT REFERENCES devices (device_id)
+        )""",
+        """CREATE TABLE challenges (
+            challenge_id          TEXT PRIMARY KEY,
+            user_id               TEXT NOT NULL REFERENCES users (user_id),
+            device_id             TEXT NOT NULL REFERENCES devices (device_id),
+            resource_kind         TEXT NOT NULL,
+            resource_name         TEXT NOT NULL,
+            context               TEXT NOT NULL,
+            created_at            INTEGER NOT NULL,
+            expires_at            INTEGER NOT NULL,
+            context_hash          TEXT NOT NULL,
+            require_biometric     INTEGER NOT NULL,
+            match_mode            TEXT NOT NULL,
+            match_code            TEXT,
+            choices               TEXT,
+            status                TEXT NOT NULL,
+            decided_at            INTEGER,
+            biometric             INTEGER,
+            fraud                 INTEGER NOT NULL,
+            reason                TEXT,
+            delivery_channel      TEXT,
+            delivery_sent_at      INTEGER,
+            delivery_delivered_at INTEGER,
+            delivery_shown_at     INTEGER
+        )""",
+        """CREATE INDEX challenges_pending_by_device
+            ON challenges (device_id, created_at) WHERE status = 'pending'""",
+        """CREATE TABLE policy (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )""",
+        # AUTOINCREMENT: a sequence number is never reused, even after a crash
+        # that lost the highest rows, so `after_seq` paging cannot skip records.
+        """CREATE TABLE audit (
+            seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+            at           INTEGER NOT NULL,
+            kind         TEXT NOT NULL,
+            user_id      TEXT,
+            device_id    TEXT,
+            challenge_id TEXT,
+            detail       TEXT NOT NULL
+        )""",
+        "CREATE INDEX audit_by_user ON audit (user_id)",
+        "CREATE INDEX audit_by_device ON audit (device_id)",
+        "CREATE INDEX audit_by_challenge ON audit (challenge_id)",
+        "CREATE INDEX audit_by_kind ON audit (kind)",
+        # Append-only is enforced where it cannot be bypassed by a code path.
+        """CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+            BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+        """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+            BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_DEVICE_COLUMNS = (
+    "device_id, user_id, public_key, platform, push_token, device_name,"
+    " app_version, enrolled_at, revoked_at, last_seen"
+)
+_ENROLLMENT_COLUMNS = "enrollment_id, user_id, created_at, expires_at, status, device_id"
+_CHALLENGE_COLUMNS = (
+    "challenge_id, user_id, device_id, resource_kind, resource_name, context,"
+    " created_at, expires_at, context_hash, require_biometric, match_mode, match_code,"
+    " choices, status, decided_at, biometric, fraud, reason, delivery_channel,"
+    " delivery_sent_at, delivery_delivered_at, delivery_shown_at"
+)
+_AUDIT_COLUMNS = "seq, at, kind, user_id, device_id, challenge_id, detail"
+
+_SELECT_DEVICE = f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?"
+_SELECT_CHALLENGE = f"SELECT {_CHALLENGE_COLUMNS} FROM challenges WHERE challenge_id = ?"
+_INSERT_AUDIT = (
+    "INSERT INTO audit (at, kind, user_id, device_id, challenge_id, detail)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+_AuditRow = tuple[int, str, str | None, str | None, str | None, str]
+
+
+@dataclass(eq=False, slots=True)
+class _WriteOp(Generic[T]):
+    """One queued mutation and, once its batch has committed, its outcome.
+
+    Mutable on purpose: the writer fills in the outcome, then sets `done`.
+    """
+
+    run: Callable[[sqlite3.Connection], T]
+    done: trio.Event = field(default_factory=trio.Event)
+    result: T | None = None
+    error: BaseException | None = None
+
+
+class SqliteStore:
+    """The `Store` on one SQLite file; open it with `open_sqlite_store`.
+
+    A caller cancelled while its write waits in the queue or in a batch does
+    not withdraw the write: it still commits, the caller just does not learn
+    the result (a cancelled wait for a full queue, though, queues nothing).
+
+    Attributes:
+        transactions_committed: how many write transactions have committed;
+            far fewer than writes under load, which is the point of batching.
+    """
+
+    def __init__(self, writer: sqlite3.Connection, readers: Sequence[sqlite3.Connection]):
+        self._writer = writer
+        self._readers = tuple(readers)
+        # Only one thread may ever touch the writer connection.
+        self._write_limiter = trio.CapacityLimiter(1)
+        self._queue_in, self._queue_out = trio.open_memory_channel[_WriteOp[Any]](WRITE_QUEUE_SIZE)
+        # Idle read connections; taking one from here is taking it exclusively.
+        self._idle_in, self._idle_out = trio.open_memory_channel[sqlite3.Connection](
+            len(self._readers)
+        )
+        for reader in self._readers:
+            self._idle_in.send_nowait(reader)
+        self._closing = False
+        self.transactions_committed = 0
+
+    # -- enrollments -------------------------------------------------------
+    async def create_enrollment(
+        self, enrollment: Enrollment, code_hash: bytes, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        params = (
+            enrollment.enrollment_id,
+            enrollment.user_id,
+            enrollment.created_at,
+            enrollment.expires_at,
+            str(enrollment.status),
+            enrollment.device_id,
+            bytes(code_hash),
+        )
+        entries = _audit_rows(audit)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO enrollments ({_ENROLLMENT_COLUMNS}, code_hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                params,
+            )
+            _insert_audit(conn, entries)
+
+        await self._write(op)
+
+    async def get_enrollment(self, enrollment_id: str, now_ms: int) -> Enrollment | None:
+        row = await self._read_one(
+            f"SELECT {_ENROLLMENT_COLUMNS} FROM enrollments WHERE enrollment_id = ?",
+            (enrollment_id,),
+        )
+        if row is None:
+            return None
+        enrollment = _enrollment(row)
+        if enrollment.status is EnrollmentStatus.PENDING and enrollment.expires_at <= now_ms:
+            return replace(enrollment, status=EnrollmentStatus.EXPIRED)
+        return enrollment
+
+    async def complete_enrollment(
+        self, code_hash: bytes, device: Device, now_ms: int, audit: Sequence[AuditEntry] = ()
+    ) -> tuple[Enrollment, Device | None]:
+        code_hash = bytes(code_hash)
+        entries = _audit_rows(audit)
+
+        def op(conn: sqlite3.Connection) -> tuple[Enrollment, Device | None]:
+            row = conn.execute(
+                f"SELECT {_ENROLLMENT_COLUMNS} FROM enrollments WHERE code_hash = ?", (code_hash,)
+            ).fetchone()
+            if row is None:
+                raise EnrollmentRejected("unknown enrollment code")
+            enrollment = _enrollment(row)
+            if enrollment.status is not EnrollmentStatus.PENDING:
+                raise EnrollmentRejected("enrollment code already used")
+            if enrollment.expires_at <= now_ms:
+                raise EnrollmentRejected("enrollment code expired")
+            user_id = enrollment.user_id
+            conn.execute(
+                "INSERT INTO users (user_id, created_at) VALUES (?, ?)"
+                " ON CONFLICT (user_id) DO NOTHING",
+                (user_id, now_ms),
+            )
+            old = conn.execute(
+                f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = ? AND revoked_at IS NULL",
+                (user_id,),
+            ).fetchone()
+            revoked = None
+            if old is not None:
+                revoked = replace(_device(old), revoked_at=now_ms)
+                conn.execute(
+                    "UPDATE devices SET revoked_at = ? WHERE device_id = ?",
+                    (now_ms, revoked.device_id),
+                )
+            new = replace(device, user_id=user_id)
+            conn.execute(
+                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _device_params(new),
+            )
+            conn.execute(
+                "UPDATE enrollments SET status = ?, device_id = ? WHERE enrollment_id = ?",
+                (str(EnrollmentStatus.COMPLETED), new.device_id, enrollment.enrollment_id),
+            )
+            _insert_audit(conn, entries)
+            completed = replace(
+                enrollment, status=EnrollmentStatus.COMPLETED, device_id=new.device_id
+            )
+            return completed, revoked
+
+        return await self._write(op)
+
+    # -- devices -----------------------------------------------------------
+    async def get_device(self, device_id: str) -> Device | None:
+        row = await self._read_one(_SELECT_DEVICE, (device_id,))
+        return None if row is None else _device(row)
+
+    async def active_device_for_user(self, user_id: str) -> Device | None:
+        row = await self._read_one(
+            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = ? AND revoked_at IS NULL",
+            (user_id,),
+        )
+        return None if row is None else _device(row)
+
+    async def revoke_device(
+        self, device_id: str, now_ms: int, audit: Sequence[AuditEntry] = ()
+    ) -> Device | None:
+        entries = _audit_rows(audit)
+
+        def op(conn: sqlite3.Connection) -> Device | None:
+            cursor = conn.execute(
+                "UPDATE devices SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+                (now_ms, device_id),
+            )
+            if cursor.rowcount != 1:
+                return None
+            _insert_audit(conn, entries)
+            return _device(conn.execute(_SELECT_DEVICE, (device_id,)).fetchone())
+
+        return await self._write(op)
+
+    async def update_push_token(self, device_id: str, push_token: str | None) -> None:
+        await self._write(
+            _statement(
+                "UPDATE devices SET push_token = ? WHERE device_id = ?", (push_token, device_id)
+            )
+        )
+
+    async def touch_device(self, device_id: str, last_seen_ms: int) -> None:
+        """Record when the device was last connected; an older time never
+        overwrites a newer one (two connections may report out of order)."""
+        await self._write(
+            _statement(
+                "UPDATE devices SET last_seen = ?"
+                " WHERE device_id = ? AND (last_seen IS NULL OR last_seen < ?)",
+                (last_seen_ms, device_id, last_seen_ms),
+            )
+        )
+
+    # -- challenges --------------------------------------------------------
+    async def create_challenge(
+        self, challenge: Challenge, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        params = _challenge_params(challenge)
+        entries = _audit_rows(audit)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO challenges ({_CHALLENGE_COLUMNS})"
+                f" VALUES ({', '.join('?' * len(params))})",
+                params,
+            )
+            _insert_audit(conn, entries)
+
+        await self._write(op)
+
+    async def get_challenge(self, challenge_id: str) -> Challenge | None:
+        row = await self._read_one(_SELECT_CHALLENGE, (challenge_id,))
+        return None if row is None else _challenge(row)
+
+    async def decide_challenge(
+        self, challenge_id: str, decision: Decision, audit: Sequence[AuditEntry] = ()
+    ) -> Challenge | None:
+        if not ChallengeStatus(decision.status).is_final:
+            raise ValueError("a decision must end the challenge, not leave it pending")
+        params = (
+            str(decision.status),
+            decision.decided_at,
+            decision.reason,
+            None if decision.biometric is None else int(decision.biometric),
+            int(decision.fraud),
+            challenge_id,
+        )
+        entries = _audit_rows(audit)
+
+        def op(conn: sqlite3.Connection) -> Challenge | None:
+            cursor = conn.execute(
+                "UPDATE challenges"
+                " SET status = ?, decided_at = ?, reason = ?, biometric = ?, fraud = ?"
+                " WHERE challenge_id = ? AND status = 'pending'",
+                params,
+            )
+            if cursor.rowcount != 1:
+                return None
+            _insert_audit(conn, entries)
+            return _challenge(conn.execute(_SELECT_CHALLENGE, (challenge_id,)).fetchone())
+
+        return await self._write(op)
+
+    async def record_delivery(
+        self,
+        challenge_id: str,
+        *,
+        channel: str | None = None,
+        sent_at: int | None = None,
+        delivered_at: int | None = None,
+        shown_at: int | None = None,
+    ) -> None:
+        if channel is None and sent_at is None and delivered_at is None and shown_at is None:
+            return
+        params = (channel, sent_at, delivered_at, shown_at, challenge_id)
+        await self._write(
+            _statement(
+                "UPDATE challenges SET"
+                " delivery_channel = COALESCE(delivery_channel, ?),"
+                " delivery_sent_at = COALESCE(delivery_sent_at, ?),"
+                " delivery_delivered_at = COALESCE(delivery_delivered_at, ?),"
+                " delivery_shown_at = COALESCE(delivery_shown_at, ?)"
+                " WHERE challenge_id = ?",
+                params,
+            )
+        )
+
+    async def open_challenges_for_device(self, device_id: str, now_ms: int) -> list[Challenge]:
+        rows = await self._read_all(
+            f"SELECT {_CHALLENGE_COLUMNS} FROM challenges"
+            " WHERE device_id = ? AND status = 'pending' AND expires_at > ?"
+            " ORDER BY created_at, challenge_id",
+            (device_id, now_ms),
+        )
+        return [_challenge(row) for row in rows]
+
+    async def pending_challenges(self) -> list[Challenge]:
+        rows = await self._read_all(
+            f"SELECT {_CHALLENGE_COLUMNS} FROM challenges WHERE status = 'pending'"
+            " ORDER BY created_at, challenge_id",
+            (),
+        )
+        return [_challenge(row) for row in rows]
+
+    # -- policy ------------------------------------------------------------
+    async def load_policy(self) -> dict[str, Any]:
+        rows = await self._read_all("SELECT key, value FROM policy ORDER BY key", ())
+        return {row["key"]: json.loads(row["value"]) for row in rows}
+
+    async def save_policy(self, changes: dict[str, Any], audit: Sequence[AuditEntry] = ()) -> None:
+        pairs = [(key, _json(value)) for key, value in changes.items()]
+        entries = _audit_rows(audit)
+        if not pairs and not entries:
+            return
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO policy (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                pairs,
+            )
+            _insert_audit(conn, entries)
+
+        await self._write(op)
+
+    # -- audit -------------------------------------------------------------
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        rows = _audit_rows(entries)
+        if rows:
+            await self._write(lambda conn: _insert_audit(conn, rows))
+
+    async def query_audit(
+        self,
+        *,
+        user_id: str | None = None,
+        device_id: str | None = None,
+        challenge_id: str | None = None,
+        kind: str | None = None,
+        since_ms: int | None = None,
+        after_seq: int | None = None,
+        limit: int = 100,
+    ) -> list[AuditRecord]:
+        """Matching records in sequence order, at most 1,000 however large `limit` is."""
+        limit = max(0, min(limit, AUDIT_QUERY_LIMIT))
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("user_id", user_id),
+            ("device_id", device_id),
+            ("challenge_id", challenge_id),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if kind is not None and kind.endswith("."):
+            # A range rather than LIKE: it uses the index and needs no escaping.
+            # '/' follows '.' in byte order, so [kind, kind[:-1] + '/') is the prefix.
+            clauses.append("kind >= ? AND kind < ?")
+            params += [kind, kind[:-1] + "/"]
+        elif kind is not None:
+            clauses.append("kind = ?")
+            params.append(kind)
+        if since_ms is not None:
+            clauses.append("at >= ?")
+            params.append(since_ms)
+        if after_seq is not None:
+            clauses.append("seq > ?")
+            params.append(after_seq)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self._read_all(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit{where} ORDER BY seq LIMIT ?", (*params, limit)
+        )
+        return [_audit_record(row) for row in rows]
+
+    # -- the write path ----------------------------------------------------
+    async def _write(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        """Queue `run` for the next batch; return its result once the batch committed."""
+        op: _WriteOp[T] = _WriteOp(run)
+        try:
+            await self._queue_in.send(op)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise trio.ClosedResourceError("the store is closed") from None
+        await op.done.wait()
+        if op.error is not None:
+            raise op.error
+        return op.result  # type: ignore[return-value]  # T, set by the writer
+
+    async def _run_writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Commit queued writes in batches until the queue is closed and empty."""
+        batch: list[_WriteOp[Any]] = []
+        task_status.started()
+        try:
+            async for first in self._queue_out:
+                batch = [first]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(self._queue_out.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                # Not abandonable on cancel: a batch always finishes before we go on.
+                if await trio.to_thread.run_sync(self._commit, batch, limiter=self._write_limiter):
+                    self.transactions_committed += 1
+                for op in batch:
+                    op.done.set()
+                batch = []
+        finally:
+            # Cancelled or crashed: whatever has not run never will; tell its callers.
+            leftovers = list(batch)
+            with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                while True:
+                    leftovers.append(self._queue_out.receive_nowait())
+            self._queue_out.close()
+            for op in leftovers:
+                if not op.done.is_set():
+                    op.error = trio.ClosedResourceError("the store closed before this write ran")
+                    op.done.set()
+
+    def _commit(self, batch: list[_WriteOp[Any]]) -> bool:
+        """Run one batch as one transaction (in the writer thread). True if it committed.
+
+        Outcomes are handed to the ops only after COMMIT, so no caller can act
+        on a write that might still be lost.
+        """
+        conn = self._writer
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op.run(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((None, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((value, None))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            # The transaction as a whole failed (disk full, I/O error, lock
+            # timeout): nothing of the batch is kept, and every caller learns it.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            for op in batch:
+                failure = sqlite3.OperationalError(f"the write transaction failed: {exc}")
+                failure.__cause__ = exc
+                op.error = failure
+            return False
+        for op, (value, error) in zip(batch, outcomes, strict=True):
+            op.result, op.error = value, error
+        return True
+
+    # -- the read path -----------------------------------------------------
+    async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `query` in a worker thread on an idle read connection."""
+        if self._closing:
+            raise trio.ClosedResourceError("the store is closed")
+        try:
+            conn = await self._idle_out.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise trio.ClosedResourceError("the store is closed") from None
+        try:
+            return await trio.to_thread.run_sync(query, conn)
+        finally:
+            self._idle_in.send_nowait(conn)
+
+    async def _read_one(self, sql: str, params: Sequence[Any]) -> sqlite3.Row | None:
+        return await self._read(lambda conn: conn.execute(sql, params).fetchone())
+
+    async def _read_all(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        return await self._read(lambda conn: conn.execute(sql, params).fetchall())
+
+    # -- closing -----------------------------------------------------------
+    def _stop_writes(self) -> None:
+        """Accept no more writes; the writer still commits what is queued."""
+        self._queue_in.close()
+
+    async def _close_connections(self) -> None:
+        """Close every connection, once the reads in flight have handed theirs back."""
+        self._closing = True
+        for _ in self._readers:
+            await self._idle_out.receive()
+        self._idle_in.close()
+        await trio.to_thread.run_sync(self._close_all)
+
+    def _close_all(self) -> None:
+        # The writer closes last: the last connection checkpoints the WAL into the file.
+        for conn in (*self._readers, self._writer):
+            conn.close()
+
+
+@contextlib.asynccontextmanager
+async def open_sqlite_store(
+    path: str | os.PathLike[str], *, synchronous: str = "FULL"
+) -> AsyncIterator[SqliteStore]:
+    """Open (creating if needed) the store at `path` and run its writer.
+
+    Creates the parent directory and brings the schema up to date. On exit,
+    writes already queued are committed before the connections close; a write
+    attempted after that raises `trio.ClosedResourceError`.
+
+    Args:
+        path: the database file. Not ":memory:": the read connections must
+            see the same database as the writer.
+        synchronous: SQLite's `PRAGMA synchronous` for the writer. FULL makes
+            every commit durable on power loss; NORMAL (in WAL mode) only on
+            a process crash, and is faster.
+    """
+    mode = synchronous.upper()
+    if mode not in _SYNCHRONOUS_MODES:
+        raise ValueError(
+            f"synchronous must be one of {sorted(_SYNCHRONOUS_MODES)}, not {synchronous!r}"
+        )
+    writer, readers = await trio.to_thread.run_sync(_connect, Path(path), mode)
+    store = SqliteStore(writer, readers)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store._run_writer)
+            try:
+                yield store
+            finally:
+                store._stop_writes()
+    finally:
+        # Shielded: connections must be closed even when we leave by cancellation.
+        with trio.CancelScope(shield=True):
+            await store._close_connections()
+
+
+# -- connections and schema -------------------------------------------------
+
+
+def _connect(path: Path, synchronous: str) -> tuple[sqlite3.Connection, list[sqlite3.Connection]]:
+    """Open the writer (WAL, schema up to date) and the read-only connections."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opened: list[sqlite3.Connection] = []
+    try:
+        writer = _open(path)
+        opened.append(writer)
+        journal = writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(journal).lower() != "wal":
+            raise RuntimeError(f"{path}: SQLite refused WAL journal mode (got {journal!r})")
+        writer.execute(f"PRAGMA synchronous = {synchronous}")
+        _migrate(writer, path)
+        readers = []
+        for _ in range(READ_CONNECTIONS):
+            reader = _open(path)
+            opened.append(reader)
+            reader.execute("PRAGMA query_only = ON")
+            readers.append(reader)
+    except BaseException:
+        for conn in opened:
+            conn.close()
+        raise
+    return writer, readers
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves. check_same_thread
+    # is off because Trio's worker threads vary; our limiters keep each
+    # connection to one thread at a time.
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+    )
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Apply the migrations the database lacks, all in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")  # re-read the version under the write lock
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{path}: schema version {version} is newer than this pushguard's"
+                f" ({SCHEMA_VERSION})"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[target - 1]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+# -- records <-> rows -------------------------------------------------------
+
+
+def _statement(sql: str, params: Sequence[Any]) -> Callable[[sqlite3.Connection], None]:
+    """A write operation that runs one statement."""
+
+    def op(conn: sqlite3.Connection) -> None:
+        conn.execute(sql, params)
+
+    return op
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _optional_bool(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _audit_rows(entries: Sequence[AuditEntry]) -> list[_AuditRow]:
+    # Encoded by the caller, so that bad detail fails there and not in the batch.
+    return [
+        (e.at, e.kind, e.user_id, e.device_id, e.challenge_id, _json(e.detail)) for e in entries
+    ]
+
+
+def _insert_audit(conn: sqlite3.Connection, rows: list[_AuditRow]) -> None:
+    if rows:
+        conn.executemany(_INSERT_AUDIT, rows)
+
+
+def _audit_record(row: sqlite3.Row) -> AuditRecord:
+    return AuditRecord(
+        seq=row["seq"],
+        at=row["at"],
+        kind=row["kind"],
+        user_id=row["user_id"],
+        device_id=row["device_id"],
+        challenge_id=row["challenge_id"],
+        detail=json.loads(row["detail"]),
+    )
+
+
+def _enrollment(row: sqlite3.Row) -> Enrollment:
+    return Enrollment(
+        enrollment_id=row["enrollment_id"],
+        user_id=row["user_id"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        status=EnrollmentStatus(row["status"]),
+        device_id=row["device_id"],
+    )
+
+
+def _device_params(device: Device) -> tuple[Any, ...]:
+    return (
+        device.device_id,
+        device.user_id,
+        bytes(device.public_key),
+        str(device.platform),
+        device.push_token,
+        device.device_name,
+        device.app_version,
+        device.enrolled_at,
+        device.revoked_at,
+        device.last_seen,
+    )
+
+
+def _device(row: sqlite3.Row) -> Device:
+    return Device(
+        device_id=row["device_id"],
+        user_id=row["user_id"],
+        public_key=bytes(row["public_key"]),
+        platform=Platform(row["platform"]),
+        enrolled_at=row["enrolled_at"],
+        push_token=row["push_token"],
+        device_name=row["device_name"],
+        app_version=row["app_version"],
+        revoked_at=row["revoked_at"],
+        last_seen=row["last_seen"],
+    )
+
+
+def _challenge_params(c: Challenge) -> tuple[Any, ...]:
+    """The row for `c`, in the order of _CHALLENGE_COLUMNS."""
+    return (
+        c.challenge_id,
+        c.user_id,
+        c.device_id,
+        str(c.resource_kind),
+        c.resource_name,
+        _json(c.context),
+        c.created_at,
+        c.expires_at,
+        c.context_hash,
+        int(c.require_biometric),
+        str(c.match),
+        c.match_code,
+        None if c.choices is None else _json(list(c.choices)),
+        str(c.status),
+        c.decided_at,
+        None if c.biometric is None else int(c.biometric),
+        int(c.fraud),
+        c.reason,
+        c.delivery.channel,
+        c.delivery.sent_at,
+        c.delivery.delivered_at,
+        c.delivery.shown_at,
+    )
+
+
+def _challenge(row: sqlite3.Row) -> Challenge:
+    choices = row["choices"]
+    return Challenge(
+        challenge_id=row["challenge_id"],
+        user_id=row["user_id"],
+        device_id=row["device_id"],
+        resource_kind=ResourceKind(row["resource_kind"]),
+        resource_name=row["resource_name"],
+        context=json.loads(row["context"]),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        context_hash=row["context_hash"],
+        require_biometric=bool(row["require_biometric"]),
+        match=MatchMode(row["match_mode"]),
+        match_code=row["match_code"],
+        choices=None if choices is None else tuple(json.loads(choices)),
+        status=ChallengeStatus(row["status"]),
+        decided_at=row["decided_at"],
+        biometric=_optional_bool(row["biometric"]),
+        fraud=bool(row["fraud"]),
+        reason=row["reason"],
+        delivery=Delivery(
+            channel=row["delivery_channel"],
+            sent_at=row["delivery_sent_at"],
+            delivered_at=row["delivery_delivered_at"],
+            shown_at=row["delivery_shown_at"],
+        ),
+    )
