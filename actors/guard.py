@@ -71,8 +71,9 @@ class PushBombGuard:
         retry_after_s = max(1, -(-admission.retry_after_ms // 1000))
         details = {"retry_after_s": retry_after_s, "reason": admission.reason,
                    "open_challenge_id": admission.open_challenge_id}
-        await self._record_block(user_id, admission.reason or "limited",
-                                 {"resource": resource_key, **details})
+        await self._record_block(user_id, admission.reason or "limited", {
+            "resource": resource_key, "retry_after_s": retry_after_s,
+            "open_challenge_id": admission.open_challenge_id})
         raise RpcError(RpcErrorCode.PUSH_LIMITED, details=details)
 
     async def release(self, challenge: Challenge) -> None:
@@ -110,8 +111,8 @@ class PushBombGuard:
 
     async def clear(self, user_id: str, by: str) -> bool:
         """An operator lifts the user's suspension and failure streak."""
-        cleared = await self._state.clear_suspension(user_id)
         now = self._clock.now_ms()
+        cleared = await self._state.clear_suspension(user_id, now)
         await self._store.append_audit([AuditEntry(now, "guard.cleared", user_id=user_id,
                                                    detail={"by": by, "was_suspended": cleared})])
         await self._events.emit("guard.cleared", user_id=user_id, by=by, was_suspended=cleared)

@@ -9,6 +9,7 @@ operator-tunable part, `Policy`, is also changed at run time through
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,7 @@ class Listener:
     def parse(cls, text: str, base: Listener) -> Listener:
         """Parse HOST:PORT (or [V6]:PORT, or :PORT) over `base`."""
         host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 <= int(port) <= 65535:
             raise ConfigError(f"expected HOST:PORT, got {text!r}")
         host = host.strip("[]") or base.host
         return dataclasses.replace(base, host=host, port=int(port))
@@ -164,6 +165,25 @@ class Config:
         return f"{scheme}://{self.ws.host}:{ws_port}/v1/device"
 
 
+def _check_scalar_types(config: Config) -> None:
+    """Numbers and strings of the top level have the annotated type (a bool is no number)."""
+    for item in dataclasses.fields(Config):
+        value = getattr(config, item.name)
+        annotation = str(item.type)
+        if annotation == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        elif annotation == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        elif annotation == "int | None":
+            ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+        elif annotation in ("str", "str | None"):
+            ok = isinstance(value, str) or (value is None and annotation == "str | None")
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"{item.name} has a bad value {value!r}")
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
     """Build a Config from an optional TOML file and keyword overrides.
 
@@ -202,6 +222,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
         config = Config(**values)
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
+    _check_scalar_types(config)
     for listener in (config.ws, config.rpc):
         if (listener.certfile is None) != (listener.keyfile is None):
             raise ConfigError("a TLS listener needs both certfile and keyfile")

@@ -8,6 +8,7 @@ replay cache for as long as the token could be accepted).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,4 +122,5 @@ class DeviceTokenVerifier:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    # NaN compares false with everything, so it would pass every freshness check.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

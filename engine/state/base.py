@@ -79,8 +79,8 @@ class GuardState(Protocol):
     async def suspension(self, user_id: str, now_ms: int) -> Suspension | None:
         """The user's suspension if it is still in force."""
 
-    async def clear_suspension(self, user_id: str) -> bool:
-        """Lift a suspension and the failure streak; True if one was in force."""
+    async def clear_suspension(self, user_id: str, now_ms: int) -> bool:
+        """Lift a suspension and the failure streak; True if one was in force at now_ms."""
 
 
 class Presence(Protocol):

@@ -83,9 +83,10 @@ class MemoryGuardState:
             return None
         return found
 
-    async def clear_suspension(self, user_id: str) -> bool:
+    async def clear_suspension(self, user_id: str, now_ms: int) -> bool:
         self._failures.pop(user_id, None)
-        return self._suspensions.pop(user_id, None) is not None
+        found = self._suspensions.pop(user_id, None)
+        return found is not None and found.until_ms > now_ms
 
 
 class MemoryPresence:
