@@ -103,6 +103,7 @@ class SimPhone:
     audience: str | None = None
     local_address: str | None = None  # a source address in 127.0.0.0/8, for large fleets
     ws: WebSocketConnection | None = None
+    authenticated: bool = False  # hello succeeded on the current connection
     _stream: trio.abc.Stream | None = None
     received: list[ServerMessage] = field(default_factory=list)  # frames skipped by `expect`
 
@@ -124,6 +125,7 @@ class SimPhone:
         the connection.
         """
         await self._close_stream()
+        self.authenticated = False
         target = urlparse(self.url)
         secure = target.scheme == "wss"
         port = target.port or (443 if secure else 80)
@@ -197,6 +199,7 @@ class SimPhone:
                 data = await self.ws.get_message()
             except ConnectionClosed as exc:
                 reason = exc.reason
+                self.authenticated = False
                 await self._close_stream()
                 raise PhoneClosed(reason.code if reason else None, reason.reason if reason else None) from None
         return self.codec.decode_server(data)
@@ -259,6 +262,7 @@ class SimPhone:
         if isinstance(reply, Error):
             raise PhoneRejected(reply)
         assert isinstance(reply, Welcome), reply
+        self.authenticated = True
         return reply
 
     def respond_token(self, challenge: ChallengeFrame, decision: str, *, biometric: bool = True,

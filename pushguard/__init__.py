@@ -1,0 +1,1 @@
+"""The `pushguard` command: the front door that composes engine, simulator and console."""

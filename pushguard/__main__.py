@@ -1,0 +1,3 @@
+from pushguard.cli import main
+
+raise SystemExit(main())
