@@ -170,7 +170,7 @@ class DeviceActor:
         # must not resurrect a finished challenge on the phone.
         await self._reload_open()
         pending = tuple(challenge_frame(ch) for ch in self.open.values())
-        link.send(Welcome(heartbeat_s=int(deps.config.heartbeat_s), pending=pending))
+        link.send(Welcome(heartbeat_s=max(1, round(deps.config.heartbeat_s)), pending=pending))
         for challenge in self.open.values():
             await self._mark_sent(challenge, now)
         deps.stats.incr("device_connects")

@@ -43,6 +43,7 @@ class ActorRegistry:
         self._deps = deps
         self._cells: dict[str, ActorCell] = {}
         self._nursery: trio.Nursery | None = None
+        self.stopping = False  # the node is shutting down: start no new actors
 
     @property
     def active_count(self) -> int:
@@ -95,6 +96,7 @@ class ActorRegistry:
         return cell
 
     async def _supervise(self, cell: ActorCell) -> None:
+        escalated = False
         try:
             while True:
                 cell.actor = DeviceActor(cell.device_id, self._deps, cell)
@@ -110,6 +112,7 @@ class ActorRegistry:
                     await self._deps.events.emit("actor.crashed", device_id=cell.device_id,
                                                  error=type(exc).__name__)
                     if not cell.budget.allow():
+                        escalated = True
                         self._deps.stats.incr("actor_escalations")
                         log.error("actor for device %s exceeded its restart budget; stopped",
                                   cell.device_id)
@@ -129,11 +132,13 @@ class ActorRegistry:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
             cell.receive.close()
-            if leftovers and self._nursery is not None and not self._stopping:
+            if escalated:
+                # Handing these to a fresh actor would restart the crash loop
+                # with a fresh budget; the store keeps what they were about.
+                self._deps.stats.incr("mailbox_dropped_on_escalation", len(leftovers))
+            elif leftovers and self._nursery is not None and not self.stopping:
                 for message in leftovers:
                     self.tell(cell.device_id, message)
-
-    _stopping = False
 
     def links(self) -> list[DeviceLink]:
         return [cell.link for cell in self._cells.values() if cell.link is not None]

@@ -54,6 +54,7 @@ DEVICE_PATH = "/v1/device"
 # size are read and answered with a too_large error frame instead.
 WIRE_MESSAGE_LIMIT = 1 << 20
 CLOSE_FLUSH_S = 2.0
+CLOSE_ABORT_S = 0.1
 _conn_ids = itertools.count(1)
 
 
@@ -73,6 +74,7 @@ class DeviceConnection:
         self._out_send, self._out_receive = trio.open_memory_channel[bytes | str](queue_size)
         self._close: tuple[int, str] | None = None
         self._writer_scope = trio.CancelScope()
+        self._abort = False  # the peer is stuck or dead: do not wait for its close handshake
         self.closed = trio.Event()
 
     def send(self, message: ServerMessage) -> bool:
@@ -96,6 +98,7 @@ class DeviceConnection:
         self._close = (code, reason)
         self._out_send.close()
         if not flush:
+            self._abort = True
             self._writer_scope.cancel()
 
     async def write_loop(self) -> None:
@@ -107,7 +110,7 @@ class DeviceConnection:
             except ConnectionClosed:
                 pass
         code, reason = self._close or (CLOSE_GOING_AWAY, "")
-        with trio.move_on_after(CLOSE_FLUSH_S):
+        with trio.move_on_after(CLOSE_ABORT_S if self._abort else CLOSE_FLUSH_S):
             await self.ws.aclose(code, reason)
         self.closed.set()
 

@@ -141,7 +141,7 @@ class Node:
             task_status.started()
 
     async def shutdown(self) -> None:
-        self.registry._stopping = True
+        self.registry.stopping = True
         await self.gateway.close_all()
 
 
