@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 RECEIVE_CHUNK = 65536
 OUTBOUND_QUEUE = 1024
+# After a fatal framing error the node reads and discards for this long before
+# closing: closing with unread bytes makes the kernel send a reset, which can
+# destroy the error notice before the peer reads it.
+LINGER_S = 1.0
 
 
 class RpcServer:
@@ -79,6 +83,7 @@ class _RpcPeer:
         self._session = RpcSession(subscribe=self._subscribe)
         self._nursery: trio.Nursery | None = None
         self._subscribed = False
+        self._hung_up = False  # a fatal framing error: the node ends the connection
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -92,6 +97,19 @@ class _RpcPeer:
             # error: give the writer a moment to send what is queued.
             self._out_send.close()
             nursery.cancel_scope.deadline = trio.current_time() + 1
+        if self._hung_up:
+            await self._linger()
+
+    async def _linger(self) -> None:
+        """Half-close, then discard what the peer still sends, for at most LINGER_S."""
+        with trio.move_on_after(LINGER_S):
+            try:
+                if isinstance(self._stream, trio.SocketStream):
+                    await self._stream.send_eof()
+                while await self._stream.receive_some(RECEIVE_CHUNK):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     async def _read_loop(self) -> None:
         while True:
@@ -107,6 +125,7 @@ class _RpcPeer:
                     log.debug("rpc peer sent a bad message: %s", err)
                     await self._out_send.send(self._framing.error_reply(err))
                     if err.fatal:
+                        self._hung_up = True
                         return
                     continue
                 if message is None:
