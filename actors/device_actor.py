@@ -30,6 +30,7 @@ from engine.protocol.device import (
     ChallengeFrame,
     Closed,
     Context,
+    EncodeError,
     Error,
     Resource,
     Respond,
@@ -109,15 +110,16 @@ class DeviceActor:
     def link(self, value: DeviceLink | None) -> None:
         self._cell.link = value
 
-    async def run(self, mailbox: trio.MemoryReceiveChannel[ActorMessage]) -> None:
-        """Serve the mailbox until the actor passivates (returns) or its device
-        is revoked (returns after closing the link)."""
+    async def run(self, mailbox: trio.MemoryReceiveChannel[ActorMessage]) -> bool:
+        """Serve the mailbox until the actor passivates (returns False) or its
+        device is revoked or unknown (returns True after closing the link)."""
         deps = self._deps
         self.device = await deps.store.get_device(self.device_id)
         if self.device is None or not self.device.active:
             if self.link is not None:
                 self.link.close(CLOSE_REVOKED, "device revoked")
-            return
+                self.link = None
+            return True
         await self._reload_open()
         idle_since = trio.current_time()
         while True:
@@ -130,13 +132,13 @@ class DeviceActor:
                 message = await mailbox.receive()
             if message is None:
                 if trio.current_time() >= passivate_at:
-                    return
+                    return False
                 await self._ack_timeouts()
                 continue
             try:
                 await self.handle(message)
             except Stop:
-                return
+                return True
             idle_since = trio.current_time()
 
     async def handle(self, message: ActorMessage) -> None:
@@ -170,7 +172,15 @@ class DeviceActor:
         # must not resurrect a finished challenge on the phone.
         await self._reload_open()
         pending = tuple(challenge_frame(ch) for ch in self.open.values())
-        link.send(Welcome(heartbeat_s=max(1, round(deps.config.heartbeat_s)), pending=pending))
+        heartbeat_s = max(1, round(deps.config.heartbeat_s))
+        try:
+            link.send(Welcome(heartbeat_s=heartbeat_s, pending=pending))
+        except EncodeError:
+            # More open challenges than one 64 KiB frame holds: the welcome
+            # comes empty and each challenge follows in a frame of its own.
+            link.send(Welcome(heartbeat_s=heartbeat_s, pending=()))
+            for frame in pending:
+                link.send(frame)
         for challenge in self.open.values():
             await self._mark_sent(challenge, now)
         deps.stats.incr("device_connects")
@@ -306,7 +316,9 @@ class DeviceActor:
 
     async def _unenroll(self, link: DeviceLink, token: str) -> None:
         claims = await self._verified(link, token)
-        if claims is None:
+        # `act` binds the token to this purpose: a signed answer to a challenge
+        # must never double as a request to delete the account.
+        if claims is None or claims.get("act") != "unenroll":
             link.send(Error(code=str(DeviceErrorCode.BAD_SIGNATURE), message="unenroll token rejected"))
             return
         assert self._deps.enrollment is not None
@@ -316,6 +328,9 @@ class DeviceActor:
     async def _revoked(self, reason: str) -> None:
         link = self.link
         if link is not None:
+            # Revocation cancelled these in the store already; take them off the screen.
+            for cid in self.open:
+                link.send(Closed(id=cid, status="cancelled"))
             link.send(Revoked(reason=reason))
             link.close(CLOSE_REVOKED, "device revoked")
             await self._deps.presence.disconnected(self.device_id, link.conn_id)

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import trio
 
 from actors.device_actor import ActorDeps, DeviceActor
-from actors.messages import ActorMessage, DeviceLink
+from actors.messages import ActorMessage, Attach, DeviceLink, FromPhone
 from actors.supervision import RestartBudget
-from engine.errors import CLOSE_INTERNAL
+from engine.errors import CLOSE_INTERNAL, CLOSE_REVOKED
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +92,18 @@ class ActorRegistry:
             budget = RestartBudget(self._deps.config.actor_restarts, self._deps.config.actor_restart_period_s)
             cell = ActorCell(device_id, send, receive, budget)
             self._cells[device_id] = cell
+            self._deps.stats.incr("actor_activations")
             self._nursery.start_soon(self._supervise, cell, name=f"actor:{device_id}")
         return cell
 
     async def _supervise(self, cell: ActorCell) -> None:
-        escalated = False
+        escalated = gone = False
         try:
             while True:
                 cell.actor = DeviceActor(cell.device_id, self._deps, cell)
                 try:
-                    await cell.actor.run(cell.receive)
-                    return  # passivated or revoked
+                    gone = await cell.actor.run(cell.receive)
+                    return  # passivated, or the device is revoked
                 except Exception as exc:
                     self._deps.stats.incr("actor_crashes")
                     log.error("actor for device %s crashed: %r", cell.device_id, exc, exc_info=exc)
@@ -132,7 +133,14 @@ class ActorRegistry:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
             cell.receive.close()
-            if escalated:
+            if gone:
+                # A revoked device has nothing to do; handing these to a fresh
+                # actor would only start it to stop it again, forever. Links
+                # that were on their way to it are closed as revoked.
+                for message in leftovers:
+                    if isinstance(message, (Attach, FromPhone)):
+                        message.link.close(CLOSE_REVOKED, "device revoked")
+            elif escalated:
                 # Handing these to a fresh actor would restart the crash loop
                 # with a fresh budget; the store keeps what they were about.
                 self._deps.stats.incr("mailbox_dropped_on_escalation", len(leftovers))

@@ -28,6 +28,7 @@ from engine.errors import (
     CLOSE_HELLO_TIMEOUT,
     CLOSE_INTERNAL,
     CLOSE_POLICY,
+    CLOSE_REVOKED,
     CLOSE_SLOW,
     CLOSE_TRY_AGAIN,
     DeviceError,
@@ -40,6 +41,7 @@ from engine.protocol.device import (
     Enroll,
     Enrolled,
     Hello,
+    Revoked,
     ServerMessage,
 )
 from engine.stats import NodeStats
@@ -250,8 +252,8 @@ class DeviceGateway:
                 try:
                     device_id = unverified_subject(token)
                     device = await self._store.get_device(device_id)
-                    if device is None or not device.active:
-                        raise TokenRejected("unknown or revoked device")
+                    if device is None:
+                        raise TokenRejected("unknown device")
                     await self._verifier.verify_hello(token, device_id, device.public_key)
                 except TokenRejected as exc:
                     log.debug("connection %s failed hello: %s", conn.conn_id, exc)
@@ -259,6 +261,13 @@ class DeviceGateway:
                     payload, _ = session.error_frame(DeviceError(DeviceErrorCode.AUTH_FAILED))
                     conn.send_encoded(payload)
                     conn.close(CLOSE_AUTH_FAILED, "authentication failed")
+                    return False
+                if not device.active:
+                    # The key proved it is that phone: tell it why, so the app
+                    # can ask its user to enroll again instead of retrying.
+                    self._stats.incr("revoked_hellos")
+                    conn.send(Revoked(reason="device revoked"))
+                    conn.close(CLOSE_REVOKED, "device revoked")
                     return False
                 session.authenticate(device_id)
                 return True

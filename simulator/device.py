@@ -40,6 +40,7 @@ from engine.protocol.device import (
     Hello,
     Respond,
     Result,
+    Revoked,
     ServerMessage,
     Unenroll,
     Update,
@@ -65,6 +66,14 @@ class PhoneRejected(Exception):
     def __init__(self, error: Error):
         self.error = error
         super().__init__(f"{error.code}: {error.message}")
+
+
+class PhoneRevoked(Exception):
+    """The node said this phone's enrollment is revoked (`revoked`, then 4403)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(f"revoked: {reason}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +263,7 @@ class SimPhone:
 
         Raises:
             PhoneRejected: auth_failed (the node then closes with 4401).
+            PhoneRevoked: the enrollment was revoked (the node closes with 4403).
         """
         if self.ws is None or self.ws.closed is not None:
             await self.connect()
@@ -261,6 +271,8 @@ class SimPhone:
         reply = await self.receive()
         if isinstance(reply, Error):
             raise PhoneRejected(reply)
+        if isinstance(reply, Revoked):
+            raise PhoneRevoked(reply.reason)
         assert isinstance(reply, Welcome), reply
         self.authenticated = True
         return reply

@@ -7,7 +7,8 @@ import trio
 
 from engine.protocol.device import ChallengeFrame, Revoked
 from engine.rpc_client import RemoteError
-from simulator.device import PhoneRejected, SimPhone
+from engine.protocol.device import Closed, Error, Unenroll
+from simulator.device import PhoneRejected, PhoneRevoked, SimPhone
 from tests.conftest import enrolled_phone, ws_url
 
 pytestmark = pytest.mark.trio
@@ -60,9 +61,11 @@ async def test_second_enrollment_revokes_the_first_device(node, rpc):
         assert await old.expect(Revoked)
         assert await old.wait_closed() == 4403
         assert (await rpc.call("push.device", "mia"))["device_id"] == new.device_id
-        # The old phone can no longer authenticate; the new one gets the challenges.
-        with pytest.raises(PhoneRejected):
+        # The old phone can no longer authenticate, and is told why; the new one
+        # gets the challenges.
+        with pytest.raises(PhoneRevoked):
             await old.hello()
+        assert await old.wait_closed() == 4403
         await old.close()
         await rpc.call("challenge.create", "mia", {"kind": "login", "name": "portal"}, {})
         assert await new.expect(ChallengeFrame)
@@ -75,6 +78,10 @@ async def test_revoke_cancels_open_challenges(node, rpc):
         created = await rpc.call("challenge.create", "ned", {"kind": "login", "name": "portal"}, {})
         await phone.expect(ChallengeFrame)
         assert (await rpc.call("push.revoke", "ned"))["revoked"] is True
+        # The phone takes the challenge off its screen before it is told it is revoked.
+        closed = await phone.expect(Closed)
+        assert (closed.id, closed.status) == (created["challenge_id"], "cancelled")
+        assert await phone.expect(Revoked)
         assert await phone.wait_closed() == 4403
         assert (await rpc.call("challenge.get", created["challenge_id"]))["status"] == "cancelled"
         with pytest.raises(RemoteError) as caught:
@@ -88,3 +95,30 @@ async def test_unenroll_from_the_app(node, rpc):
         await phone.unenroll()
         assert await phone.wait_closed() == 4403
         assert await rpc.call("push.device", "ora") is None
+
+
+async def test_a_respond_token_cannot_delete_the_account(node, rpc):
+    async with trio.open_nursery() as nursery:
+        phone = await enrolled_phone(node, rpc, nursery, "pat")
+        await rpc.call("challenge.create", "pat", {"kind": "login", "name": "portal"}, {})
+        frame = await phone.expect(ChallengeFrame)
+        # Validly signed by the device, but made to answer a challenge, not to unenroll.
+        await phone.send(Unenroll(token=phone.respond_token(frame, "deny")))
+        error = await phone.expect(Error)
+        assert error.code == "bad_signature"
+        assert (await rpc.call("push.device", "pat"))["device_id"] == phone.device_id
+        await phone.close()
+
+
+async def test_revocation_does_not_spin_the_actor(node, rpc):
+    async with trio.open_nursery() as nursery:
+        old = await enrolled_phone(node, rpc, nursery, "quin")
+        new = await enrolled_phone(node, rpc, nursery, "quin")
+        assert await old.wait_closed() == 4403
+        before = node.stats.counters["actor_activations"]
+        await trio.sleep(0.3)
+        # A revoked device's actor stops and stays stopped: it is not restarted
+        # for the messages that were on their way to it.
+        assert node.stats.counters["actor_activations"] - before <= 1
+        assert not node.registry.is_active(old.device_id)
+        await new.close()

@@ -109,3 +109,25 @@ async def test_challenge_that_expired_while_node_was_down_is_expired_on_start(co
             async with RpcClient.connect("127.0.0.1", node.rpc_port, api_key=key) as rpc:
                 result = await rpc.call("challenge.wait", created["challenge_id"], 5)
                 assert result["status"] == "expired"
+
+
+async def test_more_pending_than_one_welcome_holds_follow_it_one_by_one(node, rpc):
+    await rpc.call("policy.set", {"max_per_user_per_hour": 100})
+    wide = "\U0001d11e" * 256  # 4 bytes of UTF-8 a character: the largest fields a backend may send
+    context = {"app": wide, "ip": "203.0.113.9", "location": wide, "user_agent": wide}
+    async with trio.open_nursery() as nursery:
+        phone = await enrolled_phone(node, rpc, nursery, "rex")
+        await phone.close()
+        created = [
+            (await rpc.call("challenge.create", "rex", {"kind": "login", "name": f"{i:03d}" + wide[:200]},
+                            context))["challenge_id"]
+            for i in range(20)
+        ]
+        welcome = await phone.connect_with_backoff()
+        # Twenty such challenges are over the 64 KiB frame limit: the welcome
+        # comes empty and every challenge follows in its own frame.
+        assert welcome.pending == ()
+        frames = [await phone.expect(ChallengeFrame) for _ in created]
+        assert [f.id for f in frames] == created
+        assert (await phone.respond(frames[-1], "approve")).status == "approved"
+        await phone.close()
