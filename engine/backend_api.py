@@ -63,6 +63,12 @@ class BackendApi:
             ("challenge.wait", self.challenge_wait, both),
             ("challenge.get", self.challenge_get, both),
             ("challenge.cancel", self.challenge_cancel, both),
+            ("totp.begin_enrollment", self.totp_begin_enrollment, both),
+            ("totp.confirm", self.totp_confirm, both),
+            ("totp.verify", self.totp_verify, both),
+            ("totp.reset", self.totp_reset, both),
+            ("totp.remove", self.totp_remove, operator),
+            ("totp.status", self.totp_status, both),
             ("guard.status", self.guard_status, both),
             ("guard.clear", self.guard_clear, operator),
             ("policy.get", self.policy_get, both),
@@ -155,6 +161,25 @@ class BackendApi:
 
     async def challenge_cancel(self, session: RpcSession, challenge_id: Any) -> dict:
         return await self._node.supervisor.cancel(_challenge_id(challenge_id))
+
+    # -- TOTP ----------------------------------------------------------------
+    async def totp_begin_enrollment(self, session: RpcSession, user_id: Any, opts: Any = None) -> dict:
+        return await self._node.totp.begin_enrollment(user_id, opts)
+
+    async def totp_confirm(self, session: RpcSession, user_id: Any, code: Any) -> dict:
+        return await self._node.totp.confirm(user_id, code)
+
+    async def totp_verify(self, session: RpcSession, user_id: Any, code: Any) -> dict:
+        return await self._node.totp.verify(user_id, code)
+
+    async def totp_reset(self, session: RpcSession, user_id: Any, current_code: Any, opts: Any = None) -> dict:
+        return await self._node.totp.reset(user_id, current_code, opts)
+
+    async def totp_remove(self, session: RpcSession, user_id: Any) -> dict:
+        return await self._node.totp.remove(user_id, by=session.role or "")
+
+    async def totp_status(self, session: RpcSession, user_id: Any) -> dict:
+        return await self._node.totp.status(user_id)
 
     # -- guard ---------------------------------------------------------------
     async def guard_status(self, session: RpcSession, user_id: Any) -> dict:

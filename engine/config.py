@@ -71,6 +71,11 @@ class Policy:
     match_digits: int = 2
     require_biometric: bool = False
     ack_timeout_s: float = 5.0  # then fall back to APNs/FCM
+    # TOTP (RFC 6238 section 5.2, RFC 4226 section 7.3, NIST SP 800-63B-4 section 3.2.2)
+    totp_drift_steps: int = 1  # time steps accepted either side of now
+    totp_max_failures: int = 5  # consecutive wrong codes before a lockout
+    totp_lockout_s: int = 30  # the first lockout; each further failure doubles it ...
+    totp_lockout_max_s: int = 3600  # ... up to this
 
     _LIMITS = {
         "challenge_ttl_s": (5, 600),
@@ -80,6 +85,10 @@ class Policy:
         "suspend_minutes": (1, 7 * 24 * 60),
         "match_digits": (2, 6),
         "ack_timeout_s": (0.1, 600),
+        "totp_drift_steps": (0, 10),
+        "totp_max_failures": (1, 100),
+        "totp_lockout_s": (1, 86_400),
+        "totp_lockout_max_s": (1, 7 * 86_400),
     }
 
     def with_changes(self, changes: dict[str, Any]) -> Policy:
@@ -153,6 +162,8 @@ class Config:
     rpc_max_inflight: int = 256  # concurrent requests on one RPC connection
     event_buffer: int = 1000  # events queued to one subscriber before it is cut off
     store_synchronous: str = "FULL"
+    totp_issuer: str = "pushguard"  # the issuer authenticator apps show beside the code
+    totp_key: str | None = None  # base64 of 32 bytes; unset: <data-dir>/totp-key
 
     @property
     def db_path(self) -> Path:

@@ -65,7 +65,8 @@ class RpcErrorCode(enum.StrEnum):
     NOT_ENROLLED = "not_enrolled"  # the user has no push device
     PUSH_LIMITED = "push_limited"  # push-bombing guard: details has retry_after_s
     PUSH_SUSPENDED = "push_suspended"  # push suspended for this user: details has until
-    OVERLOADED = "overloaded"  # too many requests in flight on this connection
+    ALREADY_ENROLLED = "already_enrolled"  # the user has a confirmed TOTP secret
+    TOTP_REJECTED = "totp_rejected"  # totp.confirm / totp.reset: the code was not accepted
     INTERNAL = "internal"
 
 
@@ -80,7 +81,8 @@ DESCRIPTIONS_RPC: dict[RpcErrorCode, str] = {
     RpcErrorCode.NOT_ENROLLED: "the user has no push device",
     RpcErrorCode.PUSH_LIMITED: "too many open challenges; details: retry_after_s, open_challenge_id",
     RpcErrorCode.PUSH_SUSPENDED: "push is suspended for this user; details: until, reason",
-    RpcErrorCode.OVERLOADED: "too many requests in flight on this connection",
+    RpcErrorCode.ALREADY_ENROLLED: "the user already has a confirmed TOTP secret; use totp.reset or totp.remove",
+    RpcErrorCode.TOTP_REJECTED: "the code was not accepted",
     RpcErrorCode.INTERNAL: "the node failed to handle the request",
 }
 

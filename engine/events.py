@@ -32,6 +32,13 @@ EVENT_KINDS = (
     "fraud.reported",
     "policy.changed",
     "actor.crashed",
+    "totp.enrollment_started",
+    "totp.confirmed",
+    "totp.verified",
+    "totp.failed",
+    "totp.locked",
+    "totp.reset",
+    "totp.removed",
 )
 
 

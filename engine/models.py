@@ -10,6 +10,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.totp.codes import TotpParams
+
 
 class Platform(enum.StrEnum):
     IOS = "ios"
@@ -155,3 +157,46 @@ class AuditRecord:
     device_id: str | None
     challenge_id: str | None
     detail: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TotpSecret:
+    """One TOTP secret of a user, sealed (engine/totp/sealing.py); never the plain secret."""
+
+    secret_id: str
+    sealed: bytes
+    params: TotpParams
+    issuer: str
+    label: str
+    created_at: int
+    confirmed_at: int | None = None  # None while it waits for totp.confirm
+    last_step: int = -1  # the last time step accepted: it and every earlier one are spent
+
+
+@dataclass(frozen=True, slots=True)
+class TotpRecord:
+    """A user's TOTP state: the confirmed secret, the one waiting to replace it,
+    and the throttle, which outlives both (a new enrollment never resets it)."""
+
+    user_id: str
+    active: TotpSecret | None = None
+    pending: TotpSecret | None = None
+    failures: int = 0  # consecutive failed codes
+    locked_until: int | None = None
+    last_used_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TotpLockout:
+    """When consecutive failures lock a user out: `base_ms` at `max_failures`,
+    doubling with every further failure, up to `cap_ms`."""
+
+    max_failures: int
+    base_ms: int
+    cap_ms: int
+
+    def lock_ms(self, failures: int) -> int:
+        if failures < self.max_failures:
+            return 0
+        doublings = min(failures - self.max_failures, 32)
+        return min(self.base_ms << doublings, self.cap_ms)

@@ -42,6 +42,8 @@ from engine.stats import NodeStats
 from engine.store.base import Store
 from engine.store.sqlite import open_sqlite_store
 from engine.tokens import DeviceTokenVerifier
+from engine.totp.sealing import SecretSealer, load_or_create_key
+from engine.totp.service import TotpService
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,8 @@ class Node:
                                               self.events, self.stats, clock)
         self.enrollment = EnrollmentService(store, config, self.events, clock, self._device_revoked,
                                             ws_url=lambda: config.enroll_base_url(self.ws_port))
+        self.totp = TotpService(store, SecretSealer(load_or_create_key(config.totp_key, config.data_dir)),
+                                config, self.policy, self.events, clock)
         self.deps.supervisor = self.supervisor
         self.deps.enrollment = self.enrollment
         self.gateway = DeviceGateway(config, self.enrollment, self.registry, self.verifier, store,

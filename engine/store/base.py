@@ -7,7 +7,10 @@ implementation passes tests/engine/store/conformance.py unchanged.
 
 Each mutating call takes the audit entries that describe it and commits them
 in the same transaction, so that a state change and its audit record are both
-kept or both lost. A call returns only after its transaction is durable.
+kept or both lost. A call returns only after its transaction is durable. Calls
+that act on a device or a challenge attribute their audit entries to its user
+and device where the caller left those empty, so `query_audit(user_id=...)`
+finds every record about a user.
 """
 
 from __future__ import annotations
@@ -15,14 +18,66 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from engine.models import AuditEntry, AuditRecord, Challenge, Decision, Device, Enrollment
+from engine.models import (
+    AuditEntry,
+    AuditRecord,
+    Challenge,
+    Decision,
+    Device,
+    Enrollment,
+    TotpLockout,
+    TotpRecord,
+    TotpSecret,
+)
 
 
 class EnrollmentRejected(Exception):
     """The enrollment code is unknown, already used or expired."""
 
 
+class TotpStore(Protocol):
+    """Users' TOTP secrets (sealed) and their throttle.
+
+    The checks that must not race, "a time step is accepted once" and "the
+    failure count goes up by one", are made inside each call, so two nodes
+    verifying the same code at once accept it at most once.
+    """
+
+    async def get(self, user_id: str) -> TotpRecord | None:
+        """The user's secrets and throttle, or None if the user has neither."""
+
+    async def put_pending(self, user_id: str, secret: TotpSecret, audit: Sequence[AuditEntry] = ()) -> None:
+        """Keep `secret` as the user's pending secret, replacing any earlier pending one."""
+
+    async def confirm(
+        self, user_id: str, secret_id: str, step: int, now_ms: int, audit: Sequence[AuditEntry] = ()
+    ) -> bool:
+        """If `secret_id` is still the user's pending secret: make it the active
+        one (the old active secret is deleted), with `step` spent, and reset the
+        failure count and lockout. False, writing nothing, otherwise."""
+
+    async def use_step(
+        self, user_id: str, secret_id: str, step: int, now_ms: int, audit: Sequence[AuditEntry] = ()
+    ) -> bool:
+        """If `secret_id` is the user's active secret and `step` is later than its
+        last spent step: spend it, set last_used_at, reset the failure count and
+        lockout. False, writing nothing, otherwise (a replay, or a race lost)."""
+
+    async def record_failure(
+        self, user_id: str, now_ms: int, lockout: TotpLockout, audit: Sequence[AuditEntry] = ()
+    ) -> tuple[int, int | None]:
+        """Count one consecutive failure. When the new count reaches the lockout,
+        lock the user until now + `lockout.lock_ms(count)` and append a
+        `totp.locked` audit record in the same transaction. Returns the count and
+        the new lock's end (None when this failure did not lock)."""
+
+    async def remove(self, user_id: str, audit: Sequence[AuditEntry] = ()) -> bool:
+        """Delete the user's secrets (the throttle stays). True if there were any."""
+
+
 class Store(Protocol):
+    totp: TotpStore
+
     # -- enrollments -------------------------------------------------------
     async def create_enrollment(
         self, enrollment: Enrollment, code_hash: bytes, audit: Sequence[AuditEntry] = ()

@@ -41,6 +41,15 @@ from engine.models import (
     ResourceKind,
 )
 from engine.store.base import EnrollmentRejected
+from engine.store.sqlite_audit import (
+    AUDIT_COLUMNS,
+    attributed,
+    audit_record,
+    audit_rows,
+    insert_audit,
+    json_text,
+)
+from engine.store.sqlite_totp import TOTP_MIGRATION, SqliteTotpStore
 
 T = TypeVar("T")
 
@@ -135,6 +144,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
             BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
     ),
+    TOTP_MIGRATION,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -149,17 +159,9 @@ _CHALLENGE_COLUMNS = (
     " choices, status, decided_at, biometric, fraud, reason, delivery_channel,"
     " delivery_sent_at, delivery_delivered_at, delivery_shown_at"
 )
-_AUDIT_COLUMNS = "seq, at, kind, user_id, device_id, challenge_id, detail"
 
 _SELECT_DEVICE = f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?"
 _SELECT_CHALLENGE = f"SELECT {_CHALLENGE_COLUMNS} FROM challenges WHERE challenge_id = ?"
-_INSERT_AUDIT = (
-    "INSERT INTO audit (at, kind, user_id, device_id, challenge_id, detail)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
-)
-
-_AuditRow = tuple[int, str, str | None, str | None, str | None, str]
-
 
 @dataclass(eq=False, slots=True)
 class _WriteOp(Generic[T]):
@@ -200,6 +202,7 @@ class SqliteStore:
             self._idle_in.send_nowait(reader)
         self._closing = False
         self.transactions_committed = 0
+        self.totp = SqliteTotpStore(self)
 
     # -- enrollments -------------------------------------------------------
     async def create_enrollment(
@@ -214,7 +217,7 @@ class SqliteStore:
             enrollment.device_id,
             bytes(code_hash),
         )
-        entries = _audit_rows(audit)
+        entries = audit_rows(audit)
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -222,7 +225,7 @@ class SqliteStore:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 params,
             )
-            _insert_audit(conn, entries)
+            insert_audit(conn, entries)
 
         await self._write(op)
 
@@ -242,7 +245,7 @@ class SqliteStore:
         self, code_hash: bytes, device: Device, now_ms: int, audit: Sequence[AuditEntry] = ()
     ) -> tuple[Enrollment, Device | None]:
         code_hash = bytes(code_hash)
-        entries = _audit_rows(audit)
+        entries = audit_rows(audit)
 
         def op(conn: sqlite3.Connection) -> tuple[Enrollment, Device | None]:
             row = conn.execute(
@@ -281,7 +284,7 @@ class SqliteStore:
                 "UPDATE enrollments SET status = ?, device_id = ? WHERE enrollment_id = ?",
                 (str(EnrollmentStatus.COMPLETED), new.device_id, enrollment.enrollment_id),
             )
-            _insert_audit(conn, entries)
+            insert_audit(conn, attributed(entries, user_id, new.device_id))
             completed = replace(
                 enrollment, status=EnrollmentStatus.COMPLETED, device_id=new.device_id
             )
@@ -304,7 +307,7 @@ class SqliteStore:
     async def revoke_device(
         self, device_id: str, now_ms: int, audit: Sequence[AuditEntry] = ()
     ) -> Device | None:
-        entries = _audit_rows(audit)
+        entries = audit_rows(audit)
 
         def op(conn: sqlite3.Connection) -> Device | None:
             cursor = conn.execute(
@@ -313,8 +316,9 @@ class SqliteStore:
             )
             if cursor.rowcount != 1:
                 return None
-            _insert_audit(conn, entries)
-            return _device(conn.execute(_SELECT_DEVICE, (device_id,)).fetchone())
+            revoked = _device(conn.execute(_SELECT_DEVICE, (device_id,)).fetchone())
+            insert_audit(conn, attributed(entries, revoked.user_id, device_id))
+            return revoked
 
         return await self._write(op)
 
@@ -341,7 +345,7 @@ class SqliteStore:
         self, challenge: Challenge, audit: Sequence[AuditEntry] = ()
     ) -> None:
         params = _challenge_params(challenge)
-        entries = _audit_rows(audit)
+        entries = audit_rows(audit)
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -349,7 +353,7 @@ class SqliteStore:
                 f" VALUES ({', '.join('?' * len(params))})",
                 params,
             )
-            _insert_audit(conn, entries)
+            insert_audit(conn, entries)
 
         await self._write(op)
 
@@ -370,7 +374,7 @@ class SqliteStore:
             int(decision.fraud),
             challenge_id,
         )
-        entries = _audit_rows(audit)
+        entries = audit_rows(audit)
 
         def op(conn: sqlite3.Connection) -> Challenge | None:
             cursor = conn.execute(
@@ -381,8 +385,9 @@ class SqliteStore:
             )
             if cursor.rowcount != 1:
                 return None
-            _insert_audit(conn, entries)
-            return _challenge(conn.execute(_SELECT_CHALLENGE, (challenge_id,)).fetchone())
+            decided = _challenge(conn.execute(_SELECT_CHALLENGE, (challenge_id,)).fetchone())
+            insert_audit(conn, attributed(entries, decided.user_id, decided.device_id))
+            return decided
 
         return await self._write(op)
 
@@ -433,8 +438,8 @@ class SqliteStore:
         return {row["key"]: json.loads(row["value"]) for row in rows}
 
     async def save_policy(self, changes: dict[str, Any], audit: Sequence[AuditEntry] = ()) -> None:
-        pairs = [(key, _json(value)) for key, value in changes.items()]
-        entries = _audit_rows(audit)
+        pairs = [(key, json_text(value)) for key, value in changes.items()]
+        entries = audit_rows(audit)
         if not pairs and not entries:
             return
 
@@ -444,15 +449,15 @@ class SqliteStore:
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 pairs,
             )
-            _insert_audit(conn, entries)
+            insert_audit(conn, entries)
 
         await self._write(op)
 
     # -- audit -------------------------------------------------------------
     async def append_audit(self, entries: Sequence[AuditEntry]) -> None:
-        rows = _audit_rows(entries)
+        rows = audit_rows(entries)
         if rows:
-            await self._write(lambda conn: _insert_audit(conn, rows))
+            await self._write(lambda conn: insert_audit(conn, rows))
 
     async def query_audit(
         self,
@@ -493,9 +498,9 @@ class SqliteStore:
             params.append(after_seq)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self._read_all(
-            f"SELECT {_AUDIT_COLUMNS} FROM audit{where} ORDER BY seq LIMIT ?", (*params, limit)
+            f"SELECT {AUDIT_COLUMNS} FROM audit{where} ORDER BY seq LIMIT ?", (*params, limit)
         )
-        return [_audit_record(row) for row in rows]
+        return [audit_record(row) for row in rows]
 
     # -- the write path ----------------------------------------------------
     async def _write(self, run: Callable[[sqlite3.Connection], T]) -> T:
@@ -729,36 +734,8 @@ def _statement(sql: str, params: Sequence[Any]) -> Callable[[sqlite3.Connection]
     return op
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def _optional_bool(value: int | None) -> bool | None:
     return None if value is None else bool(value)
-
-
-def _audit_rows(entries: Sequence[AuditEntry]) -> list[_AuditRow]:
-    # Encoded by the caller, so that bad detail fails there and not in the batch.
-    return [
-        (e.at, e.kind, e.user_id, e.device_id, e.challenge_id, _json(e.detail)) for e in entries
-    ]
-
-
-def _insert_audit(conn: sqlite3.Connection, rows: list[_AuditRow]) -> None:
-    if rows:
-        conn.executemany(_INSERT_AUDIT, rows)
-
-
-def _audit_record(row: sqlite3.Row) -> AuditRecord:
-    return AuditRecord(
-        seq=row["seq"],
-        at=row["at"],
-        kind=row["kind"],
-        user_id=row["user_id"],
-        device_id=row["device_id"],
-        challenge_id=row["challenge_id"],
-        detail=json.loads(row["detail"]),
-    )
 
 
 def _enrollment(row: sqlite3.Row) -> Enrollment:
@@ -810,14 +787,14 @@ def _challenge_params(c: Challenge) -> tuple[Any, ...]:
         c.device_id,
         str(c.resource_kind),
         c.resource_name,
-        _json(c.context),
+        json_text(c.context),
         c.created_at,
         c.expires_at,
         c.context_hash,
         int(c.require_biometric),
         str(c.match),
         c.match_code,
-        None if c.choices is None else _json(list(c.choices)),
+        None if c.choices is None else json_text(list(c.choices)),
         str(c.status),
         c.decided_at,
         None if c.biometric is None else int(c.biometric),

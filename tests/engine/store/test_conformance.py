@@ -513,6 +513,27 @@ async def test_state_changes_and_their_audit_are_written_together(store: Store) 
     ]
 
 
+async def test_audit_of_a_device_or_challenge_is_attributed_to_its_user(store: Store) -> None:
+    await store.create_enrollment(enrollment("e1", "alice"), code(1))
+    enrolled = AuditEntry(at=NOW + 1, kind="device.enrolled", device_id="d1")
+    await store.complete_enrollment(code(1), device("d1"), NOW + 1, [enrolled])
+    dev = await store.get_device("d1")
+    assert dev is not None
+    await store.create_challenge(challenge("c1", dev))
+    decided = AuditEntry(at=NOW + 2, kind="challenge.decided", challenge_id="c1")
+    await store.decide_challenge("c1", approve(), [decided])
+    revoked = AuditEntry(at=NOW + 3, kind="device.revoked", device_id="d1")
+    await store.revoke_device("d1", NOW + 3, [revoked])
+
+    records = await store.query_audit(user_id="alice")
+
+    assert [(r.kind, r.user_id, r.device_id) for r in records] == [
+        ("device.enrolled", "alice", "d1"),
+        ("challenge.decided", "alice", "d1"),
+        ("device.revoked", "alice", "d1"),
+    ]
+
+
 # -- durability --------------------------------------------------------------
 
 
