@@ -117,6 +117,8 @@ class DeviceActor:
         self.device = await deps.store.get_device(self.device_id)
         if self.device is None or not self.device.active:
             if self.link is not None:
+                # Revoked between its hello and now: still say why before 4403.
+                self.link.send(Revoked(reason="device revoked"))
                 self.link.close(CLOSE_REVOKED, "device revoked")
                 self.link = None
             return True

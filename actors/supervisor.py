@@ -20,7 +20,7 @@ from actors.decision import judge
 from actors.guard import PushBombGuard
 from actors.messages import ActorMessage, Deliver, Ended
 from engine.clock import Clock
-from engine.errors import DeviceErrorCode, RpcError, RpcErrorCode
+from engine.errors import DeviceError, DeviceErrorCode, RpcError, RpcErrorCode
 from engine.events import EventPublisher, challenge_topic
 from engine.models import (
     AuditEntry,
@@ -33,6 +33,7 @@ from engine.models import (
 )
 from engine.policy import PolicyService
 from engine.protocol.context_hash import CONTEXT_FIELDS, context_hash
+from engine.protocol.device import Context, Resource
 from engine.stats import NodeStats
 from engine.state.base import EventBus
 from engine.store.base import Store
@@ -97,6 +98,13 @@ class ChallengeSupervisor:
         """
         kind, name = _parse_resource(resource)
         context = _parse_context(context)
+        try:
+            # The phone must be able to receive what the backend asks for:
+            # the frame's own rules decide, not a copy of them here.
+            Resource(kind=str(kind), name=name)
+            Context(**context)
+        except DeviceError as err:
+            raise RpcError(RpcErrorCode.INVALID_PARAMS, f"resource or context: {err.message}") from None
         policy = self._policy.current
         ttl_s, require_biometric, match = _parse_opts(opts, policy)
         device = await self._store.active_device_for_user(user_id)

@@ -104,7 +104,10 @@ class Policy:
             if key not in self.field_names():
                 raise ConfigError(f"unknown policy key {key!r}")
             values[key] = _check_policy_value(key, value, self._LIMITS.get(key))
-        return dataclasses.replace(self, **values)
+        changed = dataclasses.replace(self, **values)
+        if changed.totp_lockout_max_s < changed.totp_lockout_s:
+            raise ConfigError("totp_lockout_max_s must be at least totp_lockout_s")
+        return changed
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -237,4 +240,18 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
     for listener in (config.ws, config.rpc):
         if (listener.certfile is None) != (listener.keyfile is None):
             raise ConfigError("a TLS listener needs both certfile and keyfile")
+    _check_totp(config)
     return config
+
+
+def _check_totp(config: Config) -> None:
+    if ":" in config.totp_issuer or not 1 <= len(config.totp_issuer) <= 128:
+        raise ConfigError("totp_issuer must be 1 to 128 characters without ':'")
+    if config.totp_key is not None:
+        from engine.totp.sealing import decode_key
+
+        try:
+            decode_key(config.totp_key)
+        except ValueError as exc:
+            raise ConfigError(f"totp_key: {exc}") from None
+

@@ -129,8 +129,9 @@ class MemoryReplayCache:
 
 
 class _MemorySubscription:
-    def __init__(self, buffer: int) -> None:
+    def __init__(self, buffer: int, topics: tuple[str, ...]) -> None:
         self.overflowed = False
+        self.topics = topics
         self._send, self._receive = trio.open_memory_channel[tuple[str, dict[str, Any]]](buffer)
 
     def offer(self, topic: str, event: dict[str, Any]) -> bool:
@@ -174,17 +175,20 @@ class MemoryEventBus:
                 self._drop(subscription)
 
     def _drop(self, subscription: _MemorySubscription) -> None:
-        for topic, subscribers in list(self._subscribers.items()):
-            subscribers.discard(subscription)
-            if not subscribers:
-                del self._subscribers[topic]
+        # Only its own topics: unsubscribing must not cost one step per topic in use.
+        for topic in subscription.topics:
+            subscribers = self._subscribers.get(topic)
+            if subscribers is not None:
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del self._subscribers[topic]
 
     @asynccontextmanager
     async def subscribe(
         self, topics: Iterable[str], *, buffer: int = 1000
     ) -> AsyncIterator[_MemorySubscription]:
-        subscription = _MemorySubscription(buffer)
-        for topic in topics:
+        subscription = _MemorySubscription(buffer, tuple(topics))
+        for topic in subscription.topics:
             self._subscribers[topic].add(subscription)
         try:
             yield subscription

@@ -74,7 +74,7 @@ class TotpService:
                 totp.remove).
         """
         user_id = check_user_id(user_id)
-        params, issuer, label = _parse_opts(opts, TotpParams(), self._config.totp_issuer, user_id)
+        params, issuer, label = _parse_opts(opts, TotpParams(), self._config.totp_issuer, default_label(user_id))
         record = await self._store.totp.get(user_id)
         if record is not None and record.active is not None:
             raise RpcError(RpcErrorCode.ALREADY_ENROLLED)
@@ -130,7 +130,8 @@ class TotpService:
         active = record.active if record is not None else None
         base = active.params if active is not None else TotpParams()
         params, issuer, label = _parse_opts(
-            opts, base, active.issuer if active else self._config.totp_issuer, active.label if active else user_id)
+            opts, base, active.issuer if active else self._config.totp_issuer,
+            active.label if active else default_label(user_id))
         if not await self._use_active(user_id, current_code, "reset"):
             raise RpcError(RpcErrorCode.TOTP_REJECTED)
         return await self._new_pending(user_id, params, issuer, label, "totp.reset")
@@ -225,7 +226,9 @@ class TotpService:
         else:
             failures = None
             await self._store.append_audit([audit])
-        await self._events.emit("totp.failed", user_id=user_id, reason=reason, failures=failures)
+        # No reason in the event: subscribers include backends, and the reason is
+        # for the audit log (operators) only.
+        await self._events.emit("totp.failed", user_id=user_id)
         if until is not None:
             log.info("TOTP locked for user %r until %d after %d failures", user_id, until, failures)
             await self._events.emit("totp.locked", user_id=user_id, until=until, failures=failures)
@@ -244,6 +247,12 @@ class TotpService:
         return {"secret": base32_secret(plain), "otpauth_uri": uri, "qr": terminal_qr(uri),
                 "digits": params.digits, "period": params.period, "algorithm": str(params.algorithm),
                 "confirm_by": now + self._config.enrollment_ttl_s * 1000}
+
+
+def default_label(user_id: str) -> str:
+    """The account name apps show when the backend gives none: the user id, made
+    fit for an otpauth label (no ':', which separates the issuer; at most MAX_LABEL)."""
+    return user_id.replace(":", "_")[:MAX_LABEL]
 
 
 def _describe(secret: TotpSecret) -> dict[str, Any]:

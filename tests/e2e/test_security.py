@@ -162,3 +162,15 @@ async def test_roles_and_authentication_on_rpc(node, rpc):
     with pytest.raises(RemoteError) as caught:
         await rpc.call("challenge.create", "amy")
     assert caught.value.code == "invalid_params"
+
+
+async def test_a_context_the_phone_could_not_show_is_refused_at_create(node, rpc):
+    async with trio.open_nursery() as nursery:
+        phone = await enrolled_phone(node, rpc, nursery, "uma")
+        with pytest.raises(RemoteError) as caught:
+            await rpc.call("challenge.create", "uma", LOGIN, {"ip": "1" * 65})
+        assert caught.value.code == "invalid_params"
+        # The phone was never sent a frame it could not take, and still works.
+        await rpc.call("challenge.create", "uma", LOGIN, {"ip": "192.0.2.1"})
+        assert (await phone.expect(ChallengeFrame)).context.ip == "192.0.2.1"
+        await phone.close()

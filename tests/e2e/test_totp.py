@@ -323,3 +323,12 @@ async def test_totp_events_reach_subscribers(totp_node, totp_rpc, clock):
                         break
     assert kinds == ["totp.enrollment_started", "totp.confirmed"] + ["totp.failed"] * 5 + ["totp.locked"]
     assert app.accounts == [("pushguard", "max")]
+
+
+async def test_a_user_id_that_is_no_label_still_enrolls(totp_rpc, clock):
+    user = "corp:" + "x" * 200  # a ':' and longer than a label may be
+    started = await totp_rpc.call("totp.begin_enrollment", user, {})
+    app = Authenticator(now=lambda: clock.now_ms() / 1000)
+    (_, label), = [app.scan(started["otpauth_uri"])]
+    assert ":" not in label and len(label) == 128
+    assert await totp_rpc.call("totp.confirm", user, app.code(label)) == {"confirmed": True}

@@ -298,3 +298,14 @@ def test_a_rejected_change_applies_nothing() -> None:
         policy.with_changes({"challenge_ttl_s": 120, "suspend_minutes": 0})
 
     assert policy == Policy()
+
+
+def test_totp_settings_are_checked_when_the_config_loads(tmp_path):
+    from engine.config import ConfigError, load_config
+
+    for text, fragment in [('totp_issuer = "a:b"', "totp_issuer"), ('totp_key = "short"', "totp_key"),
+                           ("[policy]\ntotp_lockout_s = 60\ntotp_lockout_max_s = 30", "totp_lockout_max_s")]:
+        path = tmp_path / "bad.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=fragment):
+            load_config(path)
