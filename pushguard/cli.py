@@ -1,7 +1,8 @@
 """`pushguard` and its subcommands.
 
     pushguard serve   run a node until SIGINT/SIGTERM
-    pushguard demo    run a node and scripted logins with simulated phones
+    pushguard demo      run a node and scripted logins with simulated phones
+    pushguard simulate  drive a node with simulated phones and report
 """
 
 from __future__ import annotations
@@ -47,6 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", type=Path, default=Path(".demo-data"), metavar="DIR",
                       help="data directory, wiped first (default ./.demo-data)")
     demo.add_argument("--log-level", default="ERROR", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    simulate = commands.add_parser(
+        "simulate", help="drive a node with simulated phones and report what it did",
+        description="Enroll (or reuse) a fleet of simulated phones, connect them, and drive challenges at a "
+                    "target rate (open loop) with a mix of user behaviour and faults on demand; or play the "
+                    "push-bombing scenario. Every outcome is checked against the protocol; the report gives "
+                    "throughput, latency percentiles, outcomes and faults. Exits 0 when every check passed, "
+                    "1 when one did not. Load goes to 127.0.0.0/8 only.")
+    from simulator.simulate import add_arguments
+
+    add_arguments(simulate)
+    simulate.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
@@ -89,4 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         from simulator.demo import main as demo_main
 
         return demo_main(args.data_dir)
+    if args.command == "simulate":
+        from simulator.simulate import main as simulate_main
+
+        return simulate_main(args)
     return 2
