@@ -140,6 +140,25 @@ class Store(Protocol):
     ) -> None:
         """Set each given delivery field that is still empty: the first time wins."""
 
+    def record_delivery_soon(
+        self,
+        challenge_id: str,
+        *,
+        channel: str | None = None,
+        sent_at: int | None = None,
+        delivered_at: int | None = None,
+        shown_at: int | None = None,
+    ) -> None:
+        """`record_delivery` without waiting: the update is queued behind the
+        writes already queued and is durable once any later awaited write
+        returns. For the per-message path, where delivery times inform but
+        decide nothing.
+
+        Raises:
+            trio.ClosedResourceError: the store is closed.
+            trio.WouldBlock: the write queue is full; use `record_delivery`.
+        """
+
     async def open_challenges_for_device(self, device_id: str, now_ms: int) -> list[Challenge]:
         """Pending challenges of the device whose expiry is after now, oldest first."""
 

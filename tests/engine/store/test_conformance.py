@@ -324,6 +324,26 @@ async def test_delivery_times_are_kept_from_the_first_report(store: Store) -> No
     assert got is not None and got.delivery.shown_at == NOW + 3
 
 
+async def test_queued_delivery_times_are_durable_once_a_later_write_returns(
+    store_factory: StoreFactory,
+) -> None:
+    async with store_factory() as store:
+        dev = await enroll(store, "alice", "d1", 1)
+        await store.create_challenge(challenge("c1", dev))
+        store.record_delivery_soon("c1", channel="websocket", sent_at=NOW + 1)
+        store.record_delivery_soon("c1", delivered_at=NOW + 2, shown_at=NOW + 3)
+        # Queued behind the delivery updates: when it returns, they are committed.
+        await store.decide_challenge("c1", approve())
+        got = await store.get_challenge("c1")
+        assert got is not None
+        assert got.delivery == Delivery("websocket", NOW + 1, NOW + 2, NOW + 3)
+        store.record_delivery_soon("c2-unknown", sent_at=NOW)  # no such challenge: nothing happens
+    async with store_factory() as store:
+        got = await store.get_challenge("c1")
+        assert got is not None and got.delivery.shown_at == NOW + 3
+        assert await store.get_challenge("c2-unknown") is None
+
+
 async def test_open_challenges_are_the_devices_pending_unexpired_ones_oldest_first(
     store: Store,
 ) -> None:
