@@ -223,7 +223,7 @@ class DeviceActor:
         if challenge.delivery.delivered_at is None:
             self._ack_deadlines[challenge.challenge_id] = (
                 trio.current_time() + deps.policy.current.ack_timeout_s)
-        await deps.store.record_delivery(challenge.challenge_id, channel=WEBSOCKET_CHANNEL, sent_at=now)
+        await self._note_delivery(challenge.challenge_id, channel=WEBSOCKET_CHANNEL, sent_at=now)
         await deps.events.emit("challenge.sent", user_id=challenge.user_id, device_id=self.device_id,
                                challenge_id=challenge.challenge_id, channel=WEBSOCKET_CHANNEL)
 
@@ -241,10 +241,18 @@ class DeviceActor:
         now = deps.clock.now_ms()
         attempt = await deps.push.wake(self.device, challenge, now)
         deps.stats.incr("push_fallbacks")
-        await deps.store.record_delivery(challenge.challenge_id, channel=attempt.provider, sent_at=now)
+        await self._note_delivery(challenge.challenge_id, channel=attempt.provider, sent_at=now)
         await deps.events.emit("challenge.fallback", user_id=challenge.user_id, device_id=self.device_id,
                                challenge_id=challenge.challenge_id, provider=attempt.provider,
                                accepted=attempt.accepted, why=why, detail=attempt.detail)
+
+    async def _note_delivery(self, challenge_id: str, **times: Any) -> None:
+        """Record delivery times without holding up the mailbox for a commit;
+        when the store's queue is full, wait for it like any writer."""
+        try:
+            self._deps.store.record_delivery_soon(challenge_id, **times)
+        except trio.WouldBlock:
+            await self._deps.store.record_delivery(challenge_id, **times)
 
     def _forget(self, challenge_id: str) -> None:
         self.open.pop(challenge_id, None)
@@ -271,7 +279,7 @@ class DeviceActor:
         deps = self._deps
         now = deps.clock.now_ms()
         self._ack_deadlines.pop(cid, None)
-        await deps.store.record_delivery(cid, delivered_at=now, shown_at=now if shown else None)
+        await self._note_delivery(cid, delivered_at=now, shown_at=now if shown else None)
         delivery = challenge.delivery
         if delivery.delivered_at is None:
             deps.stats.delivery_ms.observe(now - challenge.created_at)
@@ -305,7 +313,7 @@ class DeviceActor:
             link.send(Error(code=str(DeviceErrorCode.UNKNOWN_CHALLENGE), message="token has no cid"))
             return
         assert self.device is not None and deps.supervisor is not None
-        outcome = await deps.supervisor.respond(self.device, cid, claims)
+        outcome = await deps.supervisor.respond(self.device, cid, claims, self.open.get(cid))
         if outcome.error is not None:
             err = DeviceError(outcome.error, id=cid)
             link.send(Error(code=str(err.code), message=err.message, id=cid))

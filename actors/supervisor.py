@@ -152,13 +152,26 @@ class ChallengeSupervisor:
         return result
 
     # -- decide --------------------------------------------------------------
-    async def respond(self, device: Device, challenge_id: str, claims: dict[str, Any]) -> RespondOutcome:
-        """Judge a verified answer from `device` and commit it if it decides."""
-        challenge = await self._store.get_challenge(challenge_id)
+    async def respond(self, device: Device, challenge_id: str, claims: dict[str, Any],
+                      known: Challenge | None = None) -> RespondOutcome:
+        """Judge a verified answer from `device` and commit it if it decides.
+
+        `known` is the device actor's copy of the open challenge, if it has one:
+        what the answer is judged on (the context hash, the number, the expiry)
+        never changes, and whether it is still pending is decided by the store's
+        conditional write, so the copy spares a read without risking a stale verdict.
+        """
+        challenge = known if known is not None and known.challenge_id == challenge_id else \
+            await self._store.get_challenge(challenge_id)
         if challenge is None or challenge.device_id != device.device_id:
             return RespondOutcome(error=DeviceErrorCode.UNKNOWN_CHALLENGE)
         now = self._clock.now_ms()
         verdict = judge(challenge, claims, now)
+        if not verdict.decides and challenge is known:
+            # Refusals are rare: judge them on the store's copy, so a challenge
+            # decided elsewhere is reported as such and not as, say, biometric_required.
+            challenge = await self._store.get_challenge(challenge_id) or challenge
+            verdict = judge(challenge, claims, now)
         if not verdict.decides:
             if verdict.error is DeviceErrorCode.EXPIRED and challenge.status is ChallengeStatus.PENDING:
                 await self.expire(challenge_id)
@@ -215,6 +228,7 @@ class ChallengeSupervisor:
         # cut short by a caller's cancellation.
         with trio.CancelScope(shield=True):
             await self._guard.release(decided)
+            await self._events.challenge_ended(challenge_id, challenge_view(decided))
             await self._events.emit("challenge.decided", user_id=decided.user_id, device_id=decided.device_id,
                                     challenge_id=challenge_id, status=str(decided.status),
                                     reason=decided.reason, fraud=decided.fraud, decided_at=decided.decided_at)
@@ -242,8 +256,8 @@ class ChallengeSupervisor:
                 return view
             with trio.move_on_after(timeout_s):
                 async for _topic, event in events:
-                    if event.get("kind") == "challenge.decided":
-                        break
+                    if event.get("kind") == "challenge.ended":
+                        return event["view"]
         return await self.get(challenge_id)
 
 

@@ -1,8 +1,9 @@
 """Engine events: one shape for the operator feed, the audit trail's live twin.
 
-Every event goes to the "events" topic (what `events.subscribe` serves);
-events about one challenge also go to "challenge.<id>", which is what
-`challenge.wait` listens on, on whichever node the waiter is.
+Every event goes to the "events" topic (what `events.subscribe` serves).
+A challenge's decision also goes to "challenge.<id>" with the challenge as
+the backend sees it, which is what `challenge.wait` listens on, on whichever
+node the waiter is: one message per challenge, and no store read to answer.
 """
 
 from __future__ import annotations
@@ -70,5 +71,7 @@ class EventPublisher:
             event["challenge_id"] = challenge_id
         event.update(detail)
         await self._bus.publish(ALL_EVENTS_TOPIC, event)
-        if challenge_id is not None:
-            await self._bus.publish(challenge_topic(challenge_id), event)
+
+    async def challenge_ended(self, challenge_id: str, view: dict[str, Any]) -> None:
+        """Tell the challenge's waiters, on any node, how it ended."""
+        await self._bus.publish(challenge_topic(challenge_id), {"kind": "challenge.ended", "view": view})

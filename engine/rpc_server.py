@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 RECEIVE_CHUNK = 65536
 OUTBOUND_QUEUE = 1024
+COALESCE_BYTES = 256 * 1024
 # After a fatal framing error the node reads and discards for this long before
 # closing: closing with unread bytes makes the kernel send a reset, which can
 # destroy the error notice before the peer reads it.
@@ -168,7 +169,17 @@ class _RpcPeer:
     async def _write_loop(self) -> None:
         try:
             async for payload in self._out_receive:
-                await self._stream.send_all(payload)
+                # Whatever else is queued goes in the same send: one syscall for
+                # many answers when requests are pipelined.
+                chunks = [payload]
+                size = len(payload)
+                while size < COALESCE_BYTES:
+                    try:
+                        chunks.append(self._out_receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    size += len(chunks[-1])
+                await self._stream.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         # The writer is gone: nothing more can be said, so stop reading too.
