@@ -63,6 +63,7 @@ class LoadSpec:
     workers: int = 1
     seed: int = 1
     rpc_connections: int = 8
+    hold_s: float = 0.0  # connected and idle this long before the load starts
 
     @property
     def my_phones(self) -> int:
@@ -129,11 +130,14 @@ async def run_worker(spec: LoadSpec, emit: Callable[[dict[str, Any]], None]) -> 
                             offline_share=spec.offline, reused_fleet=reused)
             async with trio.open_nursery() as side:
                 side.start_soon(_progress, spec, driver, online, report, emit)
+                if spec.hold_s > 0:
+                    emit(_snapshot(spec, driver, online, report, "holding"))
+                    await trio.sleep(spec.hold_s)
                 if faults.storm_at_s is not None:
                     side.start_soon(_storm, faults.storm_at_s, online, report)
-                drive_s = await driver.drive(spec.rate / spec.workers, spec.duration_s,
-                                             None if spec.max_challenges is None else
-                                             spec.max_challenges // spec.workers + (spec.worker < spec.max_challenges % spec.workers))
+                drive_s = 0.0
+                if spec.rate > 0:
+                    drive_s = await driver.drive(spec.rate / spec.workers, spec.duration_s, _my_share(spec))
                 side.cancel_scope.cancel()
             report.info.update(drive_s=round(drive_s, 3), target_rate=spec.rate)
             after = (await rpcs[0].call("stats.get"))["counters"]
@@ -146,6 +150,13 @@ async def run_worker(spec: LoadSpec, emit: Callable[[dict[str, Any]], None]) -> 
             nursery.cancel_scope.cancel()
     emit(_snapshot(spec, driver, online, report, "done"))
     return {"report": report.to_dict(), "fleet": [entry_to_json(e) for e in enrolled]}
+
+
+def _my_share(spec: LoadSpec) -> int | None:
+    """This worker's part of --challenges."""
+    if spec.max_challenges is None:
+        return None
+    return spec.max_challenges // spec.workers + (1 if spec.worker < spec.max_challenges % spec.workers else 0)
 
 
 async def _connect_all(phones: list[LoadPhone], nursery: trio.Nursery) -> float:
