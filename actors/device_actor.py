@@ -118,7 +118,7 @@ class DeviceActor:
         if self.device is None or not self.device.active:
             if self.link is not None:
                 # Revoked between its hello and now: still say why before 4403.
-                self.link.send(Revoked(reason="device revoked"))
+                await self.link.send(Revoked(reason="device revoked"))
                 self.link.close(CLOSE_REVOKED, "device revoked")
                 self.link = None
             return True
@@ -157,7 +157,7 @@ class DeviceActor:
             case Ended(challenge_id=cid, status=status):
                 self._forget(cid)
                 if self.link is not None:
-                    self.link.send(Closed(id=cid, status=str(status)))
+                    await self.link.send(Closed(id=cid, status=str(status)))
             case Revoke(reason=reason):
                 await self._revoked(reason)
 
@@ -176,13 +176,13 @@ class DeviceActor:
         pending = tuple(challenge_frame(ch) for ch in self.open.values())
         heartbeat_s = max(1, round(deps.config.heartbeat_s))
         try:
-            link.send(Welcome(heartbeat_s=heartbeat_s, pending=pending))
+            await link.send(Welcome(heartbeat_s=heartbeat_s, pending=pending))
         except EncodeError:
             # More open challenges than one 64 KiB frame holds: the welcome
             # comes empty and each challenge follows in a frame of its own.
-            link.send(Welcome(heartbeat_s=heartbeat_s, pending=()))
+            await link.send(Welcome(heartbeat_s=heartbeat_s, pending=()))
             for frame in pending:
-                link.send(frame)
+                await link.send(frame)
         for challenge in self.open.values():
             await self._mark_sent(challenge, now)
         deps.stats.incr("device_connects")
@@ -213,7 +213,7 @@ class DeviceActor:
 
     async def _deliver(self, challenge: Challenge) -> None:
         self.open[challenge.challenge_id] = challenge
-        if self.link is not None and self.link.send(challenge_frame(challenge)):
+        if self.link is not None and await self.link.send(challenge_frame(challenge)):
             await self._mark_sent(challenge, self._deps.clock.now_ms())
         else:
             await self._fall_back(challenge, "phone offline")
@@ -305,31 +305,31 @@ class DeviceActor:
         deps = self._deps
         claims = await self._verified(link, token)
         if claims is None:
-            link.send(Error(code=str(DeviceErrorCode.BAD_SIGNATURE), message="respond token rejected",
+            await link.send(Error(code=str(DeviceErrorCode.BAD_SIGNATURE), message="respond token rejected",
                             id=_claimed_cid(token)))
             return
         cid = claims.get("cid")
         if not isinstance(cid, str):
-            link.send(Error(code=str(DeviceErrorCode.UNKNOWN_CHALLENGE), message="token has no cid"))
+            await link.send(Error(code=str(DeviceErrorCode.UNKNOWN_CHALLENGE), message="token has no cid"))
             return
         assert self.device is not None and deps.supervisor is not None
         outcome = await deps.supervisor.respond(self.device, cid, claims, self.open.get(cid))
         if outcome.error is not None:
             err = DeviceError(outcome.error, id=cid)
-            link.send(Error(code=str(err.code), message=err.message, id=cid))
+            await link.send(Error(code=str(err.code), message=err.message, id=cid))
         else:
             assert outcome.status is not None
-            link.send(Result(id=cid, status=str(outcome.status)))
+            await link.send(Result(id=cid, status=str(outcome.status)))
         if outcome.ended is not None:
             self._forget(cid)
-            link.send(Closed(id=cid, status=str(outcome.ended.status)))
+            await link.send(Closed(id=cid, status=str(outcome.ended.status)))
 
     async def _unenroll(self, link: DeviceLink, token: str) -> None:
         claims = await self._verified(link, token)
         # `act` binds the token to this purpose: a signed answer to a challenge
         # must never double as a request to delete the account.
         if claims is None or claims.get("act") != "unenroll":
-            link.send(Error(code=str(DeviceErrorCode.BAD_SIGNATURE), message="unenroll token rejected"))
+            await link.send(Error(code=str(DeviceErrorCode.BAD_SIGNATURE), message="unenroll token rejected"))
             return
         assert self._deps.enrollment is not None
         await self._deps.enrollment.revoke_device(self.device_id, reason="unenrolled", notify=False)
@@ -340,8 +340,8 @@ class DeviceActor:
         if link is not None:
             # Revocation cancelled these in the store already; take them off the screen.
             for cid in self.open:
-                link.send(Closed(id=cid, status="cancelled"))
-            link.send(Revoked(reason=reason))
+                await link.send(Closed(id=cid, status="cancelled"))
+            await link.send(Revoked(reason=reason))
             link.close(CLOSE_REVOKED, "device revoked")
             await self._deps.presence.disconnected(self.device_id, link.conn_id)
             self.link = None

@@ -20,9 +20,9 @@ class DeviceLink(Protocol):
     conn_id: str
     device_id: str
 
-    def send(self, message: ServerMessage) -> bool:
-        """Queue a frame without waiting; False if the phone is too slow and the
-        link is now closing."""
+    async def send(self, message: ServerMessage) -> bool:
+        """Send a frame to the phone; False if the link is closing, or the phone
+        took too long to read it (the link is then being closed with 4429)."""
 
     def close(self, code: int, reason: str = "") -> None:
         """Close the connection with a websocket close code, without waiting."""

@@ -157,7 +157,7 @@ class Config:
     token_max_skew_s: int = 60
     token_max_lifetime_s: int = 120
     max_connections: int | None = None  # None: what the descriptor limit allows
-    outbound_queue: int = 64  # frames queued to one phone before it is cut off as slow
+    send_timeout_s: float = 10.0  # a phone that takes no frame for this long is cut off as slow (4429)
     actor_mailbox: int = 256
     actor_idle_s: float = 30.0  # a disconnected actor with nothing open passivates after this
     actor_restarts: int = 5  # restart budget: this many crashes ...

@@ -2,10 +2,12 @@
 
 It negotiates the subprotocol, runs the pre-authentication part of the
 protocol (enroll, hello) itself, and then hands the connection to the
-device's actor as a `DeviceLink`. Each connection has a bounded outbound
-queue drained by its own writer task, so a slow phone never stalls an actor:
-when its queue is full it is cut off with 4429. A phone that sends garbage
-gets `error` frames, then 1008; it costs the node a debug line, nothing more.
+device's actor as a `DeviceLink`. One task per phone reads its socket,
+parses frames inline and keeps the heartbeat (engine/websocket.py); the
+actor sends straight to the socket. A phone that does not take a frame
+within `send_timeout_s` is cut off with 4429, so a slow phone holds up
+nothing but its own actor, briefly. A phone that sends garbage gets `error`
+frames, then 1008; it costs the node a debug line, nothing more.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import logging
 from functools import partial
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from actors.messages import Attach, Detach, FromPhone
 from actors.registry import ActorRegistry
@@ -46,75 +47,58 @@ from engine.protocol.device import (
 )
 from engine.stats import NodeStats
 from engine.store.base import Store
-from engine.tls import server_context
+from engine.tls import open_listeners
 from engine.tokens import DeviceTokenVerifier, TokenRejected, unverified_subject
+from engine.websocket import HandshakeRequest, SendTimeout, ServerWebsocket, Verdict, WebsocketClosed, accept
 
 log = logging.getLogger(__name__)
 
 DEVICE_PATH = "/v1/device"
-# trio-websocket closes with 1009 above this; frames between 64 KiB and this
-# size are read and answered with a too_large error frame instead.
+# Messages up to this size are read and answered with a too_large error frame
+# (the protocol's limit is 64 KiB); larger ones close the socket with 1009.
 WIRE_MESSAGE_LIMIT = 1 << 20
 CLOSE_FLUSH_S = 2.0
-CLOSE_ABORT_S = 0.1
 _conn_ids = itertools.count(1)
-
-
-class _Hangup(Exception):
-    """The node ends this connection (its close code is already chosen)."""
 
 
 class DeviceConnection:
     """One phone's websocket: the node's `DeviceLink` once authenticated."""
 
-    def __init__(self, ws: WebSocketConnection, codec: DeviceCodec, queue_size: int, stats: NodeStats):
+    def __init__(self, ws: ServerWebsocket, codec: DeviceCodec, stats: NodeStats, send_timeout_s: float):
         self.conn_id = f"c{next(_conn_ids)}"
         self.device_id = ""
         self.ws = ws
         self.codec = codec
         self._stats = stats
-        self._out_send, self._out_receive = trio.open_memory_channel[bytes | str](queue_size)
-        self._close: tuple[int, str] | None = None
-        self._writer_scope = trio.CancelScope()
-        self._abort = False  # the peer is stuck or dead: do not wait for its close handshake
+        self._send_timeout_s = send_timeout_s
+        self.session = DeviceSession(codec)
+        self.close_request: tuple[int, str, bool] | None = None  # code, reason, flush
         self.closed = trio.Event()
 
-    def send(self, message: ServerMessage) -> bool:
-        return self.send_encoded(self.codec.encode(message))
+    async def send(self, message: ServerMessage) -> bool:
+        """Send a frame; False if the connection is closing or the phone is too slow
+        (it is then being cut off with 4429)."""
+        return await self.send_encoded(self.codec.encode(message))
 
-    def send_encoded(self, payload: bytes | str) -> bool:
-        if self._close is not None:
+    async def send_encoded(self, payload: bytes | str) -> bool:
+        if self.close_request is not None:
             return False
         try:
-            self._out_send.send_nowait(payload)
+            await self.ws.send_message(payload, self._send_timeout_s)
             return True
-        except trio.WouldBlock:
+        except SendTimeout:
             self._stats.incr("slow_phone_disconnects")
-            self.close(CLOSE_SLOW, "outbound queue full", flush=False)
-            return False
+            self.close(CLOSE_SLOW, "too slow to read", flush=False)
+        except WebsocketClosed:
+            pass
+        return False
 
     def close(self, code: int, reason: str = "", *, flush: bool = True) -> None:
-        """Close after the queued frames are written (or at once, without flush)."""
-        if self._close is not None:
-            return
-        self._close = (code, reason)
-        self._out_send.close()
-        if not flush:
-            self._abort = True
-            self._writer_scope.cancel()
-
-    async def write_loop(self) -> None:
-        """Write queued frames in order; then close the websocket with the chosen code."""
-        with self._writer_scope:
-            try:
-                async for payload in self._out_receive:
-                    await self.ws.send_message(payload)
-            except ConnectionClosed:
-                pass
-        code, reason = self._close or (CLOSE_GOING_AWAY, "")
-        with trio.move_on_after(CLOSE_ABORT_S if self._abort else CLOSE_FLUSH_S):
-            await self.ws.aclose(code, reason)
-        self.closed.set()
+        """Have the connection's reader close the socket with `code`: after a close
+        handshake of at most CLOSE_FLUSH_S, or at once without flush."""
+        if self.close_request is None:
+            self.close_request = (code, reason, flush)
+            self.ws.interrupt()
 
 
 class DeviceGateway:
@@ -138,99 +122,121 @@ class DeviceGateway:
         self._clock = clock
         self.max_connections = max_connections
         self.connections: set[DeviceConnection] = set()
+        self._handshakes = 0
         self.port = 0
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listener = self._config.ws
-        async with trio.open_nursery() as handlers:
-            server = await handlers.start(partial(
-                serve_websocket, self._handle, listener.host, listener.port, server_context(listener),
-                handler_nursery=handlers, message_queue_size=4, max_message_size=WIRE_MESSAGE_LIMIT,
-                connect_timeout=self._config.hello_timeout_s, disconnect_timeout=CLOSE_FLUSH_S))
-            self.port = server.port
+        listeners, self.port = await open_listeners(self._config.ws)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(trio.serve_listeners, self._handle, listeners, handler_nursery=nursery))
             task_status.started(self.port)
 
     async def close_all(self, timeout_s: float = 5.0) -> None:
-        """Close every phone's socket with 1001 after flushing its queued frames."""
+        """Close every phone's socket with 1001 (after a close handshake)."""
         for conn in list(self.connections):
             conn.close(CLOSE_GOING_AWAY, "node shutting down")
         with trio.move_on_after(timeout_s):
             for conn in list(self.connections):
                 await conn.closed.wait()
 
-    async def _handle(self, request: WebSocketRequest) -> None:
+    # -- one phone --------------------------------------------------------------------
+    async def _handle(self, stream: trio.abc.Stream) -> None:
+        try:
+            ws = None
+            with trio.move_on_after(self._config.hello_timeout_s):  # for the handshake (and TLS)
+                ws = await accept(stream, self._decide, max_message=WIRE_MESSAGE_LIMIT)
+            if ws is not None:
+                await self._connected(ws)
+        except WebsocketClosed:
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    def _decide(self, request: HandshakeRequest) -> Verdict:
         if request.path != DEVICE_PATH:
-            await request.reject(404, body=b"unknown path; phones connect to /v1/device\n")
-            return
-        subprotocol = next((p for p in request.proposed_subprotocols if p in SUBPROTOCOLS), None)
+            return 404, b"unknown path; phones connect to /v1/device\n"
+        subprotocol = next((p for p in request.subprotocols if p in SUBPROTOCOLS), None)
         if subprotocol is None:
-            await request.reject(
-                400, body=f"offer one of the subprotocols {', '.join(SUBPROTOCOLS)}\n".encode())
-            return
-        ws = await request.accept(subprotocol=subprotocol)
+            return 400, f"offer one of the subprotocols {', '.join(SUBPROTOCOLS)}\n".encode()
+        return subprotocol
+
+    async def _connected(self, ws: ServerWebsocket) -> None:
         if len(self.connections) >= self.max_connections:
             self._stats.incr("connections_refused")
-            with trio.move_on_after(CLOSE_FLUSH_S):
-                await ws.aclose(CLOSE_TRY_AGAIN, "node at its connection limit")
+            await ws.close(CLOSE_TRY_AGAIN, "node at its connection limit", timeout_s=CLOSE_FLUSH_S)
             return
-        conn = DeviceConnection(ws, DeviceCodec(subprotocol), self._config.outbound_queue, self._stats)
+        conn = DeviceConnection(ws, DeviceCodec(ws.subprotocol), self._stats, self._config.send_timeout_s)
         self.connections.add(conn)
-        attached = False
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(conn.write_loop)
-                try:
-                    await self._serve_phone(conn, nursery)
-                except (ConnectionClosed, _Hangup):
-                    pass
-                except Exception:
-                    log.exception("device connection %s failed", conn.conn_id)
-                    conn.close(CLOSE_INTERNAL, "internal error", flush=False)
-                attached = bool(conn.device_id)
-                conn.close(CLOSE_GOING_AWAY)
-                await conn.closed.wait()
-                nursery.cancel_scope.cancel()
+            with trio.CancelScope(deadline=trio.current_time() + self._config.hello_timeout_s) as hello:
+                authenticated = await self._authenticate(conn)
+            if hello.cancelled_caught:
+                conn.close(CLOSE_HELLO_TIMEOUT, "no hello in time")
+            elif authenticated:
+                await self._serve_phone(conn)
+        except WebsocketClosed:
+            pass
+        except Exception:
+            log.exception("device connection %s failed", conn.conn_id)
+            conn.close(CLOSE_INTERNAL, "internal error", flush=False)
         finally:
-            self.connections.discard(conn)
-            if attached:
-                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_FLUSH_S):
-                    await self._registry.send(conn.device_id, Detach(conn))
+            code, reason, flush = conn.close_request or (CLOSE_GOING_AWAY, "", True)
+            with trio.CancelScope(shield=True):
+                await ws.close(code, reason, timeout_s=CLOSE_FLUSH_S if flush else 0)
+                conn.closed.set()
+                self.connections.discard(conn)
+                if conn.device_id:
+                    with trio.move_on_after(CLOSE_FLUSH_S):
+                        await self._registry.send(conn.device_id, Detach(conn))
 
-    async def _serve_phone(self, conn: DeviceConnection, nursery: trio.Nursery) -> None:
-        """Run the protocol on one connection; `conn.device_id` is set once it is
-        attached to its actor."""
-        session = DeviceSession(conn.codec)
-        with trio.move_on_after(self._config.hello_timeout_s) as hello_scope:
-            while not session.authenticated:
-                message = await self._receive(conn, session)
-                if message is None:
-                    continue
-                if not await self._pre_auth(conn, session, message):
-                    return
-        if hello_scope.cancelled_caught:
-            conn.close(CLOSE_HELLO_TIMEOUT, "no hello in time")
-            return
+    async def _authenticate(self, conn: DeviceConnection) -> bool:
+        """Enroll and hello; True once the phone is authenticated and attached."""
+        session = conn.session
+        while not session.authenticated:
+            message = await self._next(conn, session)
+            if conn.close_request is not None:
+                return False
+            if message is not None and not await self._pre_auth(conn, session, message):
+                return False
         conn.device_id = session.device_id or ""
-        nursery.start_soon(self._heartbeat, conn)
         await self._registry.send(conn.device_id, Attach(conn))
-        while True:
-            message = await self._receive(conn, session)
+        return True
+
+    async def _serve_phone(self, conn: DeviceConnection) -> None:
+        """Read the phone's frames for its actor and keep the heartbeat, until the end."""
+        config, ws = self._config, conn.ws
+        session = conn.session
+        next_ping = trio.current_time() + config.heartbeat_s
+        while conn.close_request is None:
+            # While a ping is unanswered, the next thing due is its answer.
+            message = await self._next(conn, session, deadline=ws.pong_due or next_ping)
             if message is not None:
                 await self._registry.send(conn.device_id, FromPhone(conn, message))
+                continue
+            now = trio.current_time()
+            if ws.pong_due is not None and now >= ws.pong_due:
+                self._stats.incr("heartbeat_timeouts")
+                log.debug("connection %s missed its heartbeat", conn.conn_id)
+                conn.close(CLOSE_INTERNAL, "heartbeat timeout", flush=False)
+            elif now >= next_ping:
+                await ws.ping(config.heartbeat_timeout_s)
+                next_ping = now + config.heartbeat_s
 
-    async def _receive(self, conn: DeviceConnection, session: DeviceSession):
-        """The next valid frame, or None after answering an invalid one."""
-        data = await conn.ws.get_message()
+    async def _next(self, conn: DeviceConnection, session: DeviceSession, deadline: float = float("inf")):
+        """The next valid frame; None after answering an invalid one, at the
+        deadline, or when the connection is to close."""
+        data = await conn.ws.receive(deadline)
+        if data is None:
+            return None
         try:
             return session.receive(data)
         except DeviceError as err:
             log.debug("connection %s sent a bad frame: %s", conn.conn_id, err)
             self._stats.incr("bad_frames")
             payload, must_close = session.error_frame(err)
-            conn.send_encoded(payload)
+            await conn.send_encoded(payload)
             if must_close:
                 conn.close(CLOSE_POLICY, "too many protocol errors")
-                raise _Hangup from None
             return None
 
     async def _pre_auth(self, conn: DeviceConnection, session: DeviceSession, message) -> bool:
@@ -241,12 +247,12 @@ class DeviceGateway:
                     device = await self._enrollment.complete(message)
                 except DeviceError as err:
                     payload, must_close = session.error_frame(err)
-                    conn.send_encoded(payload)
+                    await conn.send_encoded(payload)
                     if must_close:
                         conn.close(CLOSE_POLICY, "too many protocol errors")
                     return not must_close
-                conn.send(Enrolled(device_id=device.device_id, account=device.user_id,
-                                   audience=self._config.audience))
+                await conn.send(Enrolled(device_id=device.device_id, account=device.user_id,
+                                         audience=self._config.audience))
                 return True
             case Hello(token=token):
                 try:
@@ -259,30 +265,16 @@ class DeviceGateway:
                     log.debug("connection %s failed hello: %s", conn.conn_id, exc)
                     self._stats.incr("auth_failures")
                     payload, _ = session.error_frame(DeviceError(DeviceErrorCode.AUTH_FAILED))
-                    conn.send_encoded(payload)
+                    await conn.send_encoded(payload)
                     conn.close(CLOSE_AUTH_FAILED, "authentication failed")
                     return False
                 if not device.active:
                     # The key proved it is that phone: tell it why, so the app
                     # can ask its user to enroll again instead of retrying.
                     self._stats.incr("revoked_hellos")
-                    conn.send(Revoked(reason="device revoked"))
+                    await conn.send(Revoked(reason="device revoked"))
                     conn.close(CLOSE_REVOKED, "device revoked")
                     return False
                 session.authenticate(device_id)
                 return True
         return True
-
-    async def _heartbeat(self, conn: DeviceConnection) -> None:
-        while True:
-            await trio.sleep(self._config.heartbeat_s)
-            with trio.move_on_after(self._config.heartbeat_timeout_s) as scope:
-                try:
-                    await conn.ws.ping()
-                except ConnectionClosed:
-                    return
-            if scope.cancelled_caught:
-                self._stats.incr("heartbeat_timeouts")
-                log.debug("connection %s missed its heartbeat", conn.conn_id)
-                conn.close(CLOSE_INTERNAL, "heartbeat timeout", flush=False)
-                return

@@ -24,7 +24,7 @@ from engine.events import ALL_EVENTS_TOPIC
 from engine.protocol.rpc import Notification, Request, Response, RpcConnection, RpcFramingError
 from engine.stats import NodeStats
 from engine.state.base import EventBus
-from engine.tls import server_context
+from engine.tls import open_listeners
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,7 @@ class RpcServer:
         self.connections = 0
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listener = self._config.rpc
-        listeners: list[Any] = await trio.open_tcp_listeners(listener.port, host=listener.host)
-        context = server_context(listener)
-        if context is not None:
-            listeners = [trio.SSLListener(l, context, https_compatible=False) for l in listeners]
-        self.port = listeners[0].socket.getsockname()[1] if context is None else \
-            listeners[0].transport_listener.socket.getsockname()[1]
+        listeners, self.port = await open_listeners(self._config.rpc)
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(trio.serve_listeners, self._handle, listeners, handler_nursery=nursery))
             task_status.started(self.port)

@@ -47,6 +47,7 @@ import msgpack
 
 from engine.errors import RpcError, RpcErrorCode
 
+READ_SIZE = 64 * 1024
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_MSGID = 2**32 - 1
 ERROR_NOTIFICATION = "error"  # method of the notification that carries a framing error
@@ -210,6 +211,9 @@ class RpcConnection:
         self._unpacker = msgpack.Unpacker(
             raw=False,
             max_buffer_size=self._max_buffer,
+            # The buffer starts this small and grows to max_buffer_size only when a
+            # big message needs it (the default allocates 1 MiB per connection).
+            read_size=min(READ_SIZE, self._max_buffer),
             strict_map_key=False,
         )
         self._fed = 0  # bytes given to the unpacker so far
