@@ -62,8 +62,8 @@ async def run_bombing(rpc: RpcClient, ws_url: str, report: Report, *, attempts: 
                 if err.code == "push_suspended" and suspended_after is None:
                     suspended_after = trio.current_time() - start
         await trio.sleep(1)  # the last admitted push reaches the phone
+        await phone.close()
         nursery.cancel_scope.cancel()
-    await phone.close()
     duration = attempts / rate
     if victim == "fraud":
         allowed = 1

@@ -63,12 +63,19 @@ def load_fleet(path: Path) -> tuple[str, list[FleetEntry]]:
     """
     try:
         data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
         if data.get("version") != FLEET_VERSION:
             raise ValueError(f"{path}: fleet file version {data.get('version')!r}, expected {FLEET_VERSION}")
         entries = [entry_from_json(p) for p in data["phones"]]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        for entry in entries:
+            Ed25519PrivateKey.from_private_bytes(entry.key)
+        ws_url = data["ws_url"]
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ValueError) and "fleet file version" in str(exc):
+            raise
         raise ValueError(f"{path}: not a fleet file ({exc})") from None
-    return data["ws_url"], entries
+    return ws_url, entries
 
 
 def entry_of(phone: SimPhone) -> FleetEntry:

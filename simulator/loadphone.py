@@ -19,7 +19,7 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError
 
 from engine.protocol.device import ChallengeFrame, Closed, Error, Result, Revoked, Welcome
-from simulator.device import PhoneClosed, PhoneRevoked, SimPhone
+from simulator.device import PhoneClosed, PhoneRejected, PhoneRevoked, SimPhone
 from simulator.faults import OVERSIZE_BYTES, PROTOCOL_ERRORS_BEFORE_CLOSE, SKEW_S, Fault, FaultTally
 from simulator.mix import Action
 from simulator.report import Report
@@ -30,6 +30,7 @@ ANSWER_TIMEOUT_S = 10.0
 # Faults whose outcome the phone sees; the driver checks the others from the backend's side.
 PHONE_CHECKED = frozenset({Fault.FLAP, Fault.SKEW, Fault.REPLAY, Fault.GARBAGE, Fault.OVERSIZE})
 CLOSE_POLICY = 1008
+LOST = object()  # put in answer channels when the socket goes away
 CLOSE_REVOKED = 4403
 
 
@@ -78,6 +79,13 @@ class LoadPhone:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, then read frames until cancelled or revoked, reconnecting as a
         phone does (backoff with full jitter). Started once connected (or not)."""
+        try:
+            await self._run(task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.phone._close_stream()
+
+    async def _run(self, task_status) -> None:
         async with trio.open_nursery() as handlers:
             first = True
             while not self._stop:
@@ -88,7 +96,7 @@ class LoadPhone:
                 except PhoneRevoked:
                     self.retired = True
                     break
-                except (OSError, PhoneClosed, HandshakeError) as exc:
+                except (OSError, PhoneClosed, PhoneRejected, HandshakeError) as exc:
                     self.report.expect(False, f"phone {self.phone.device_id} could not connect: {exc!r}")
                     break
                 finally:
@@ -96,13 +104,19 @@ class LoadPhone:
                         first = False
                         task_status.started()
                 self._errors_on_socket = 0
-                self._on_welcome(welcome)
+                self._on_welcome(welcome, handlers)
                 self.connected.set()
                 try:
                     while True:
                         message = await self.phone.receive(timeout=float("inf"))
                         self._on_message(message, handlers)
                 except PhoneClosed as closed:
+                    for waiting in list(self._answers.values()):
+                        # Whoever waits for an answer on the lost socket stops waiting.
+                        try:
+                            waiting.send_nowait(LOST)
+                        except (trio.WouldBlock, trio.BrokenResourceError):
+                            pass
                     self.connected = trio.Event()
                     if closed.code == CLOSE_POLICY:
                         self._closed_by_policy.set()
@@ -119,11 +133,13 @@ class LoadPhone:
     def stop(self) -> None:
         self._stop = True
 
-    def _on_welcome(self, welcome: Welcome) -> None:
+    def _on_welcome(self, welcome: Welcome, handlers: trio.Nursery) -> None:
         plan = self.plan
         if plan is not None and plan.challenge_id is not None:
             if any(frame.id == plan.challenge_id for frame in welcome.pending):
                 plan.redelivered.set()
+        elif plan is not None and welcome.pending:
+            self._on_message(welcome.pending[-1], handlers)
 
     def _on_message(self, message: object, handlers: trio.Nursery) -> None:
         now = trio.current_time()
@@ -155,6 +171,7 @@ class LoadPhone:
         self._answers[frame.id], self._answers[None] = send, errors_send
         try:
             for attempt in range(3):
+                epoch = self.reconnects
                 try:
                     await self._play(plan, frame, receive, errors_receive, first=attempt == 0)
                     return
@@ -166,7 +183,9 @@ class LoadPhone:
                         self.faults.disturb(plan.fault)
                         plan.fault_checked = True
                     try:
-                        await self._wait_connected()
+                        with trio.fail_after(ANSWER_TIMEOUT_S * 2):
+                            while self.reconnects == epoch or not self.connected.is_set():
+                                await trio.sleep(0.01)
                     except trio.TooSlowError:
                         return
         finally:
@@ -218,15 +237,15 @@ class LoadPhone:
                       "fraud": plan.action is Action.FRAUD}
         if fault is Fault.SKEW:
             await phone.send_token(phone.respond_token(frame, decision, skew_s=SKEW_S, **token_args))
-            answer = await _next(answers)
+            answer = await self._next(answers)
             self._check(plan, epoch, isinstance(answer, Error) and answer.code == "bad_signature",
                         f"a respond signed {SKEW_S} s in the future got {answer!r}")
         token = phone.respond_token(frame, decision, **token_args)
         await phone.send_token(token)
-        answer = await _next(answers)
+        answer = await self._next(answers)
         if fault is Fault.REPLAY:
             await phone.send_token(token)
-            copy = await _next(answers)
+            copy = await self._next(answers)
             self._check(plan, epoch, isinstance(answer, Result) and isinstance(copy, Error)
                         and copy.code == "bad_signature", f"a replayed respond got {answer!r} then {copy!r}")
 
@@ -245,7 +264,7 @@ class LoadPhone:
         closes = self._errors_on_socket >= PROTOCOL_ERRORS_BEFORE_CLOSE
         self._closed_by_policy = trio.Event()
         await self.phone.send_raw(payload)
-        error = await _next(anonymous)
+        error = await self._next(anonymous)
         ok = isinstance(error, Error) and error.code == expected
         if closes:
             with trio.move_on_after(ANSWER_TIMEOUT_S):
@@ -255,13 +274,20 @@ class LoadPhone:
         self._check(plan, epoch if not closes else epoch + 1, ok,
                     f"expected error {expected}{' then close 1008' if closes else ''}, got {error!r}")
 
+    async def _next(self, channel: trio.MemoryReceiveChannel) -> Result | Error | None:
+        """The next answer on `channel`; None after ANSWER_TIMEOUT_S.
+
+        Raises:
+            PhoneClosed: the socket was lost meanwhile (the reader says so with LOST).
+        """
+        answer = None
+        with trio.move_on_after(ANSWER_TIMEOUT_S):
+            answer = await channel.receive()
+        if answer is LOST:
+            raise PhoneClosed(None, "the socket was lost while waiting for an answer")
+        return answer
+
     async def _wait_connected(self) -> None:
         with trio.fail_after(ANSWER_TIMEOUT_S * 2):
             while not self.connected.is_set():
                 await self.connected.wait()
-
-
-async def _next(channel: trio.MemoryReceiveChannel) -> Result | Error | None:
-    with trio.move_on_after(ANSWER_TIMEOUT_S):
-        return await channel.receive()
-    return None

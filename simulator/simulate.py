@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 import platformdirs
 import trio
 
-from engine.rpc_client import RpcClient
+from engine.rpc_client import RemoteError, RpcClient
 from simulator.bombing import run_bombing
 from simulator.faults import FaultPlan
 from simulator.fleet import entry_from_json, save_fleet
@@ -103,7 +103,14 @@ def main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                         offline=args.offline, encoding=args.encoding, faults=args.faults, storm_at_s=args.storm_at,
                         ttl_s=args.ttl, match=args.match, workers=args.workers, seed=args.seed,
                         rpc_connections=args.rpc_connections, hold_s=args.hold)
-        report = trio.run(_run, args, spec)
+        try:
+            report = trio.run(_run, args, spec)
+        except OSError as exc:
+            print(f"pushguard simulate: cannot reach the node at {args.rpc}: {exc}", file=sys.stderr)
+            return 1
+        except RemoteError as exc:
+            print(f"pushguard simulate: --policy: {exc}", file=sys.stderr)
+            return 2
     finally:
         if node is not None:
             node.stop()
@@ -122,6 +129,10 @@ def _validate(args: argparse.Namespace) -> None:
     if ws.scheme not in ("ws", "wss") or not ws.hostname:
         raise ValueError(f"--ws must be a ws:// or wss:// URL, not {args.ws!r}")
     check_loopback(ws.hostname)
+    try:
+        ws.port
+    except ValueError:
+        raise ValueError(f"--ws port out of range in {args.ws!r}") from None
     for name, value, low, high in (("--phones", args.phones, 1, 1_000_000), ("--workers", args.workers, 1, 64),
                                    ("--duration", args.duration, 0.1, MAX_DURATION_S), ("--rate", args.rate, 0, 1e6),
                                    ("--hold", args.hold, 0, MAX_DURATION_S),
@@ -132,6 +143,9 @@ def _validate(args: argparse.Namespace) -> None:
             raise ValueError(f"{name} must be from {low:g} to {high:g}")
     if args.challenges is not None and not 1 <= args.challenges <= MAX_CHALLENGES:
         raise ValueError(f"--challenges must be from 1 to {MAX_CHALLENGES}")
+    if args.spawn_node and args.fleet and args.fleet.exists():
+        raise ValueError("--spawn-node starts a node that knows no phones: it cannot reuse the fleet in "
+                         f"{args.fleet}; give a new --fleet path or run against the node that enrolled it")
     if args.workers > args.phones:
         raise ValueError("--workers cannot exceed --phones")
     for item in args.policy:
@@ -299,7 +313,7 @@ def _dev_key(data_dir: Path) -> str:
 
 def _host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
 

@@ -179,13 +179,14 @@ async def _storm(at_s: float, phones: list[LoadPhone], report: Report) -> None:
     await trio.sleep(at_s)
     report.faults.inject(Fault.STORM)
     start = trio.current_time()
+    epochs = [phone.reconnects for phone in phones]
     async with trio.open_nursery() as nursery:
         for phone in phones:
             nursery.start_soon(phone.drop)
     back = 0
     with trio.move_on_after(60):
-        for phone in phones:
-            while not phone.connected.is_set() and not phone.retired:
+        for phone, epoch in zip(phones, epochs):
+            while (phone.reconnects == epoch or not phone.connected.is_set()) and not phone.retired:
                 await trio.sleep(0.01)
             back += 1
     elapsed = trio.current_time() - start
