@@ -36,6 +36,7 @@ from engine.protocol.device import (
     Respond,
     Result,
     Revoked,
+    ServerMessage,
     Unenroll,
     Update,
     Welcome,
@@ -180,9 +181,7 @@ class DeviceActor:
         except EncodeError:
             # More open challenges than one 64 KiB frame holds: the welcome
             # comes empty and each challenge follows in a frame of its own.
-            await link.send(Welcome(heartbeat_s=heartbeat_s, pending=()))
-            for frame in pending:
-                await link.send(frame)
+            await link.send(Welcome(heartbeat_s=heartbeat_s, pending=()), *pending)
         for challenge in self.open.values():
             await self._mark_sent(challenge, now)
         deps.stats.incr("device_connects")
@@ -314,15 +313,17 @@ class DeviceActor:
             return
         assert self.device is not None and deps.supervisor is not None
         outcome = await deps.supervisor.respond(self.device, cid, claims, self.open.get(cid))
+        frames: list[ServerMessage] = []
         if outcome.error is not None:
             err = DeviceError(outcome.error, id=cid)
-            await link.send(Error(code=str(err.code), message=err.message, id=cid))
+            frames.append(Error(code=str(err.code), message=err.message, id=cid))
         else:
             assert outcome.status is not None
-            await link.send(Result(id=cid, status=str(outcome.status)))
+            frames.append(Result(id=cid, status=str(outcome.status)))
         if outcome.ended is not None:
             self._forget(cid)
-            await link.send(Closed(id=cid, status=str(outcome.ended.status)))
+            frames.append(Closed(id=cid, status=str(outcome.ended.status)))
+        await link.send(*frames)
 
     async def _unenroll(self, link: DeviceLink, token: str) -> None:
         claims = await self._verified(link, token)
@@ -339,9 +340,7 @@ class DeviceActor:
         link = self.link
         if link is not None:
             # Revocation cancelled these in the store already; take them off the screen.
-            for cid in self.open:
-                await link.send(Closed(id=cid, status="cancelled"))
-            await link.send(Revoked(reason=reason))
+            await link.send(*[Closed(id=cid, status="cancelled") for cid in self.open], Revoked(reason=reason))
             link.close(CLOSE_REVOKED, "device revoked")
             await self._deps.presence.disconnected(self.device_id, link.conn_id)
             self.link = None

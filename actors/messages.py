@@ -20,9 +20,10 @@ class DeviceLink(Protocol):
     conn_id: str
     device_id: str
 
-    async def send(self, message: ServerMessage) -> bool:
-        """Send a frame to the phone; False if the link is closing, or the phone
-        took too long to read it (the link is then being closed with 4429)."""
+    async def send(self, *messages: ServerMessage) -> bool:
+        """Send frames to the phone, in order and in one write; False if the link
+        is closing, or the phone took too long to read them (the link is then
+        being closed with 4429)."""
 
     def close(self, code: int, reason: str = "") -> None:
         """Close the connection with a websocket close code, without waiting."""

@@ -75,16 +75,16 @@ class DeviceConnection:
         self.close_request: tuple[int, str, bool] | None = None  # code, reason, flush
         self.closed = trio.Event()
 
-    async def send(self, message: ServerMessage) -> bool:
-        """Send a frame; False if the connection is closing or the phone is too slow
-        (it is then being cut off with 4429)."""
-        return await self.send_encoded(self.codec.encode(message))
+    async def send(self, *messages: ServerMessage) -> bool:
+        """Send frames, in one write; False if the connection is closing or the
+        phone is too slow (it is then being cut off with 4429)."""
+        return await self.send_encoded(*[self.codec.encode(m) for m in messages])
 
-    async def send_encoded(self, payload: bytes | str) -> bool:
+    async def send_encoded(self, *payloads: bytes | str) -> bool:
         if self.close_request is not None:
             return False
         try:
-            await self.ws.send_message(payload, self._send_timeout_s)
+            await self.ws.send_messages(list(payloads), self._send_timeout_s)
             return True
         except SendTimeout:
             self._stats.incr("slow_phone_disconnects")

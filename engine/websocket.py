@@ -175,16 +175,16 @@ class ServerWebsocket:
         await self.close(code, reason, timeout_s=1.0)
 
     # -- sending (any task) ---------------------------------------------------------------
-    async def send_message(self, message: str | bytes, timeout_s: float) -> None:
-        """Send one message, waiting at most `timeout_s` for the socket to take it.
+    async def send_messages(self, messages: list[str | bytes], timeout_s: float) -> None:
+        """Send messages in one write, waiting at most `timeout_s` for the socket to take them.
 
         Raises:
             WebsocketClosed: the connection is over.
             SendTimeout: the peer is too slow; the connection should be dropped.
         """
-        event = TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message)
+        events = [TextMessage(data=m) if isinstance(m, str) else BytesMessage(data=m) for m in messages]
         with trio.move_on_after(timeout_s) as scope:
-            await self._send_frame(event)
+            await self._send_frame(*events)
         if scope.cancelled_caught:
             raise SendTimeout(f"the peer did not take a frame within {timeout_s} s")
 
@@ -194,12 +194,12 @@ class ServerWebsocket:
         with trio.move_on_after(timeout_s):
             await self._send_frame(Ping(payload=b"hb"))
 
-    async def _send_frame(self, event: Message | Ping | Pong | CloseConnection) -> None:
+    async def _send_frame(self, *events: Message | Ping | Pong | CloseConnection) -> None:
         async with self._send_lock:
             if self.closed is not None:
                 raise self.closed
             try:
-                data = self._ws.send(event)
+                data = b"".join([self._ws.send(event) for event in events])
             except LocalProtocolError:
                 raise WebsocketClosed(None, "the connection is closing") from None
             await _send_or_closed(self.stream, data, on_error=self._broken)
