@@ -102,6 +102,7 @@ class DeviceActor:
         self.device: Device | None = None
         self.open: dict[str, Challenge] = {}
         self._ack_deadlines: dict[str, float] = {}
+        self._fresh = False
 
     @property
     def link(self) -> DeviceLink | None:
@@ -115,7 +116,8 @@ class DeviceActor:
         """Serve the mailbox until the actor passivates (returns False) or its
         device is revoked or unknown (returns True after closing the link)."""
         deps = self._deps
-        self.device = await deps.store.get_device(self.device_id)
+        hint, self._cell.device_hint = self._cell.device_hint, None
+        self.device = hint if hint is not None else await deps.store.get_device(self.device_id)
         if self.device is None or not self.device.active:
             if self.link is not None:
                 # Revoked between its hello and now: still say why before 4403.
@@ -124,6 +126,7 @@ class DeviceActor:
                 self.link = None
             return True
         await self._reload_open()
+        self._fresh = True  # what is open was just read: the first attach need not read it again
         idle_since = trio.current_time()
         while True:
             deadline = min(self._ack_deadlines.values(), default=float("inf"))
@@ -142,6 +145,7 @@ class DeviceActor:
                 await self.handle(message)
             except Stop:
                 return True
+            self._fresh = False
             idle_since = trio.current_time()
 
     async def handle(self, message: ActorMessage) -> None:
@@ -173,7 +177,8 @@ class DeviceActor:
         await deps.presence.connected(self.device_id, deps.config.node_id, link.conn_id, now)
         # The store is the truth: an `Ended` dropped while the mailbox was full
         # must not resurrect a finished challenge on the phone.
-        await self._reload_open()
+        if not self._fresh:
+            await self._reload_open()
         pending = tuple(challenge_frame(ch) for ch in self.open.values())
         heartbeat_s = max(1, round(deps.config.heartbeat_s))
         try:

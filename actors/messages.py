@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from engine.models import Challenge, ChallengeStatus
+from engine.models import Challenge, ChallengeStatus, Device
 from engine.protocol.device import ClientMessage, ServerMessage
 
 
@@ -31,9 +31,12 @@ class DeviceLink(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Attach:
-    """The phone authenticated on `link`; it replaces any older link."""
+    """The phone authenticated on `link`; it replaces any older link. `device` is
+    the record its hello was verified against, which spares a newly started
+    actor reading it again."""
 
     link: DeviceLink
+    device: Device | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from actors.device_actor import ActorDeps, DeviceActor
 from actors.messages import ActorMessage, Attach, DeviceLink, FromPhone
 from actors.supervision import RestartBudget
 from engine.errors import CLOSE_INTERNAL, CLOSE_REVOKED
+from engine.models import Device
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class ActorCell:
     budget: RestartBudget
     link: DeviceLink | None = None
     actor: DeviceActor | None = field(default=None, repr=False)
+    device_hint: Device | None = None  # a fresh record for the actor to start from
 
 
 class ActorRegistry:
@@ -77,6 +79,8 @@ class ActorRegistry:
         phone that sends faster than its actor works is slowed at its own socket."""
         while True:
             cell = self._cell(device_id)
+            if isinstance(message, Attach) and cell.actor is None:
+                cell.device_hint = message.device
             try:
                 await cell.send.send(message)
                 return

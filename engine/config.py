@@ -165,6 +165,8 @@ class Config:
     rpc_max_inflight: int = 256  # concurrent requests on one RPC connection
     event_buffer: int = 1000  # events queued to one subscriber before it is cut off
     store_synchronous: str = "FULL"
+    gc_freeze_s: float = 10.0  # the garbage collector steward's round (engine/collector.py); 0 turns it off
+    gc_full_s: float = 3600.0  # and its full collection
     totp_issuer: str = "pushguard"  # the issuer authenticator apps show beside the code
     totp_key: str | None = None  # base64 of 32 bytes; unset: <data-dir>/totp-key
 
@@ -179,13 +181,17 @@ class Config:
         return f"{scheme}://{self.ws.host}:{ws_port}/v1/device"
 
 
+_ZERO_TURNS_OFF = frozenset({"gc_freeze_s"})
+
+
 def _check_scalar_types(config: Config) -> None:
     """Numbers and strings of the top level have the annotated type (a bool is no number)."""
     for item in dataclasses.fields(Config):
         value = getattr(config, item.name)
         annotation = str(item.type)
         if annotation == "float":
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                value > 0 or (value == 0 and item.name in _ZERO_TURNS_OFF))
         elif annotation == "int":
             ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
         elif annotation == "int | None":

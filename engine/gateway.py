@@ -35,6 +35,7 @@ from engine.errors import (
     DeviceError,
     DeviceErrorCode,
 )
+from engine.models import Device
 from engine.protocol.device import (
     SUBPROTOCOLS,
     DeviceCodec,
@@ -72,6 +73,7 @@ class DeviceConnection:
         self._stats = stats
         self._send_timeout_s = send_timeout_s
         self.session = DeviceSession(codec)
+        self.device: Device | None = None  # the record the hello was verified against
         self.close_request: tuple[int, str, bool] | None = None  # code, reason, flush
         self.closed = trio.Event()
 
@@ -199,7 +201,7 @@ class DeviceGateway:
             if message is not None and not await self._pre_auth(conn, session, message):
                 return False
         conn.device_id = session.device_id or ""
-        await self._registry.send(conn.device_id, Attach(conn))
+        await self._registry.send(conn.device_id, Attach(conn, conn.device))
         return True
 
     async def _serve_phone(self, conn: DeviceConnection) -> None:
@@ -276,5 +278,6 @@ class DeviceGateway:
                     conn.close(CLOSE_REVOKED, "device revoked")
                     return False
                 session.authenticate(device_id)
+                conn.device = device
                 return True
         return True

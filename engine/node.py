@@ -26,6 +26,7 @@ from actors.registry import ActorRegistry
 from actors.supervisor import ChallengeSupervisor
 from engine.backend_api import OPERATOR, BackendApi
 from engine.clock import Clock
+from engine.collector import steward
 from engine.config import Config
 from engine.enrollment import EnrollmentService
 from engine.events import EventPublisher
@@ -134,6 +135,7 @@ class Node:
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.policy.load()
         async with trio.open_nursery() as nursery:
+            await nursery.start(steward, self.config.gc_freeze_s, self.config.gc_full_s)
             await nursery.start(self.registry.run)
             await nursery.start(self.supervisor.run)
             await nursery.start(self.rpc.serve)

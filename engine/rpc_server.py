@@ -94,6 +94,7 @@ class _RpcPeer:
             nursery.cancel_scope.deadline = trio.current_time() + 1
         if self._hung_up:
             await self._linger()
+        self._session.subscribe = None  # the bound method made a reference cycle with this peer
 
     async def _linger(self) -> None:
         """Half-close, then discard what the peer still sends, for at most LINGER_S."""

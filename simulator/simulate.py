@@ -198,12 +198,24 @@ async def _load(args: argparse.Namespace, spec: LoadSpec) -> Report:
 
 async def _run_workers(spec: LoadSpec, progress: Progress) -> list[dict[str, Any]]:
     finals: list[dict[str, Any] | None] = [None] * spec.workers
+    processes: list[trio.Process] = []
+    ready: set[int] = set()
+
+    async def all_ready(worker: int) -> None:
+        ready.add(worker)
+        if len(ready) == spec.workers:  # every phone is connected: start the load everywhere
+            for process in processes:
+                assert process.stdin is not None
+                await process.stdin.send_all(b"go\n")
+
     with tempfile.TemporaryDirectory(prefix="pushguard-sim-") as tmp:
         async def one(worker: int) -> None:
             path = Path(tmp) / f"spec-{worker}.json"
             path.write_text(dataclasses.replace(spec, worker=worker).to_json())
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "simulator.worker", str(path)], stdout=subprocess.PIPE)
+                [sys.executable, "-m", "simulator.worker", str(path)], stdout=subprocess.PIPE,
+                stdin=subprocess.PIPE)
+            processes.append(process)
             assert process.stdout is not None
             buffer = b""
             async for chunk in process.stdout:
@@ -213,6 +225,8 @@ async def _run_workers(spec: LoadSpec, progress: Progress) -> list[dict[str, Any
                     message = json.loads(line)
                     if "progress" in message:
                         progress.update(message["progress"])
+                    elif "ready" in message:
+                        await all_ready(worker)
                     elif "final" in message:
                         finals[worker] = message["final"]
             code = await process.wait()

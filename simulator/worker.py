@@ -9,11 +9,12 @@ worker writes JSON lines to stdout: {"progress": ...} every second and
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +78,15 @@ class LoadSpec:
         return cls(**json.loads(text))
 
 
-async def run_worker(spec: LoadSpec, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Run this worker's part; returns {"report": ..., "fleet": [...] if it enrolled}."""
+async def run_worker(spec: LoadSpec, emit: Callable[[dict[str, Any]], None],
+                     ready: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
+    """Run this worker's part; returns {"report": ..., "fleet": [...] if it enrolled}.
+
+    `ready` is awaited once this worker's phones are connected: with several
+    workers it returns when all of them are, so the load starts on a node
+    that is done with connecting (else one worker's connect storm would be
+    measured as another's latency).
+    """
     report = Report()
     mix = Mix.parse(spec.mix, spec.think, spec.biometric)
     faults = FaultPlan.parse(spec.faults, spec.storm_at_s)
@@ -125,6 +133,12 @@ async def run_worker(spec: LoadSpec, emit: Callable[[dict[str, Any]], None]) -> 
             emit({"phase": "connecting", "worker": spec.worker, "phones": len(online)})
             report.info["connect_s"] = round(await _connect_all(online, nursery), 3)
             report.counters["phones_connected"] = sum(p.connected.is_set() for p in online)
+            # The phones live as long as the run: keep the collector from walking
+            # them (a worker holds up to ~19,000), or its pauses show up as latency.
+            gc.collect()
+            gc.freeze()
+            if ready is not None:
+                await ready()
             driver = Driver(rpcs, online, offline, report, mix=mix, faults=faults, policy=policy,
                             ttl_s=spec.ttl_s, match=spec.match, seed=rng.randrange(2**32),
                             offline_share=spec.offline, reused_fleet=reused)
@@ -148,6 +162,7 @@ async def run_worker(spec: LoadSpec, emit: Callable[[dict[str, Any]], None]) -> 
             for phone in online:
                 phone.stop()
             nursery.cancel_scope.cancel()
+        gc.unfreeze()
     emit(_snapshot(spec, driver, online, report, "done"))
     return {"report": report.to_dict(), "fleet": [entry_to_json(e) for e in enrolled]}
 
@@ -216,7 +231,11 @@ def main() -> None:
     def emit(progress: dict[str, Any]) -> None:
         print(json.dumps({"progress": progress}), flush=True)
 
-    final = trio.run(run_worker, spec, emit)
+    async def ready() -> None:
+        print(json.dumps({"ready": spec.worker}), flush=True)
+        await trio.to_thread.run_sync(sys.stdin.readline)  # the parent's "go", once all are ready
+
+    final = trio.run(run_worker, spec, emit, ready)
     print(json.dumps({"final": final}), flush=True)
 
 
