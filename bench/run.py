@@ -27,7 +27,6 @@ import argparse
 import datetime
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from typing import Any
 import trio
 
 from engine.rpc_client import RpcClient
+from simulator.localnode import LocalNode
 from simulator.resources import sample_process
 
 ROOT = Path(__file__).resolve().parent
@@ -54,28 +54,8 @@ def log(text: str) -> None:
 # -- processes -------------------------------------------------------------------
 
 
-class Node:
-    """`pushguard serve` on ephemeral loopback ports over a persistent data directory."""
-
-    def __init__(self, data_dir: Path):
-        self.data_dir = data_dir
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pushguard", "serve", "--data-dir", str(data_dir), "--ws", "127.0.0.1:0",
-             "--rpc", "127.0.0.1:0", "--log-level", "WARNING"],
-            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if "phones " not in line:
-            self.process.kill()
-            raise SystemExit(f"bench: the node did not start: {line!r}")
-        self.ws = line.split("phones ", 1)[1].split(",", 1)[0].strip()
-        self.rpc = line.rsplit("backends ", 1)[1].strip()
-        self.rpc_port = int(self.rpc.rsplit(":", 1)[1])
-        self.api_key = (data_dir / "dev-api-key").read_text().strip()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+class Node(LocalNode):
+    """The node under measurement, over the bench's persistent data directory."""
 
     def rss(self) -> int:
         sample = sample_process(self.pid)
@@ -96,14 +76,6 @@ class Node:
                 return time.monotonic() - start
             time.sleep(0.5)
         raise SystemExit(f"bench: {count} phones did not connect within {timeout_s} s")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @contextmanager

@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run a node until SIGINT or SIGTERM",
         description="Run a pushguard node on embedded defaults (SQLite in the data directory, "
                     "in-memory shared state) until SIGINT or SIGTERM, then shut down cleanly: "
-                    "phones are closed with 1001 after their queued frames are written.")
+                    "every phone is closed with 1001 (a websocket close handshake of at most 2 s) "
+                    "and the store commits what is queued before it closes.")
     serve.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
     serve.add_argument("--data-dir", type=Path, metavar="DIR",
                        help="where the database and the development API key live "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from engine.rpc_client import RemoteError, RpcClient
 from simulator.bombing import run_bombing
 from simulator.faults import FaultPlan
 from simulator.fleet import entry_from_json, save_fleet
+from simulator.localnode import LocalNode
 from simulator.mix import Mix
 from simulator.report import Report
 from simulator.resources import check_loopback, sample_process, usage_between
@@ -91,7 +91,7 @@ def main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     except ValueError as exc:
         print(f"pushguard simulate: {exc}", file=sys.stderr)
         return 2
-    node = _spawn_node(args) if args.spawn_node else None
+    node = SpawnedNode() if args.spawn_node else None
     try:
         if node is not None:
             args.rpc, args.ws, args.node_data_dir, args.node_pid = node.rpc, node.ws, node.data_dir, node.pid
@@ -275,45 +275,20 @@ class Progress:
             print(file=self._stream)
 
 
-@dataclasses.dataclass
-class SpawnedNode:
-    process: subprocess.Popen
-    data_dir: Path
-    rpc: str
-    ws: str
-    cleanup: tempfile.TemporaryDirectory
+class SpawnedNode(LocalNode):
+    """A node for one run, in a data directory of its own that goes with it."""
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+    def __init__(self) -> None:
+        self._directory = tempfile.TemporaryDirectory(prefix="pushguard-sim-node-")
+        try:
+            super().__init__(Path(self._directory.name))
+        except BaseException:
+            self._directory.cleanup()
+            raise
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.cleanup.cleanup()
-
-
-def _spawn_node(args: argparse.Namespace) -> SpawnedNode:
-    """`pushguard serve` on ephemeral loopback ports in a fresh data directory."""
-    cleanup = tempfile.TemporaryDirectory(prefix="pushguard-sim-node-")
-    data_dir = Path(cleanup.name)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pushguard", "serve", "--data-dir", str(data_dir), "--ws", "127.0.0.1:0",
-         "--rpc", "127.0.0.1:0", "--log-level", "WARNING"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert process.stdout is not None
-    line = process.stdout.readline()  # "pushguard node ...: phones ws://H:P/v1/device, backends H:P"
-    if "phones " not in line:
-        process.kill()
-        cleanup.cleanup()
-        raise SystemExit(f"pushguard simulate: the node did not start: {line!r}")
-    ws = line.split("phones ", 1)[1].split(",", 1)[0].strip()
-    rpc = line.rsplit("backends ", 1)[1].strip()
-    return SpawnedNode(process, data_dir, rpc, ws, cleanup)
+        super().stop()
+        self._directory.cleanup()
 
 
 def _dev_key(data_dir: Path) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import trio
 
 from engine.rpc_client import RpcClient
-from simulator.driver import WAIT_SLACK_S, Driver
+from simulator.driver import Driver
 from simulator.faults import Fault, FaultPlan
 from simulator.fleet import FleetEntry, enroll_fleet, entry_to_json, load_fleet
 from simulator.loadphone import LoadPhone

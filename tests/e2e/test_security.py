@@ -8,8 +8,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from engine.protocol.device import ChallengeFrame, Error, Respond, Result
 from engine.rpc_client import RemoteError, RpcClient
-from simulator.device import PhoneRejected, SimPhone
-from tests.conftest import enrolled_phone, ws_url
+from simulator.device import PhoneRejected
+from tests.conftest import enrolled_phone
 
 pytestmark = pytest.mark.trio
 

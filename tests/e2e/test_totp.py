@@ -16,7 +16,7 @@ from engine.rpc_client import RemoteError, RpcClient
 from engine.totp import codes
 from engine.totp.codes import TotpAlgorithm, base32_secret
 from simulator.authenticator import Authenticator
-from tests.conftest import operator_key, rpc_client
+from tests.conftest import rpc_client
 from tests.engine.totp.test_codes import RFC_SECRETS, RFC_VECTORS
 
 pytestmark = pytest.mark.trio
