@@ -45,6 +45,10 @@ ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / ".cache"
 RESULTS = ROOT / "results"
 POLICY = ["--policy", "max_per_user_per_hour=100000"]
+# Load starts this long after the last phone connected: more than one round of
+# the node's garbage-collector steward (gc_freeze_s, 10 s), so what is measured
+# is the steady state and not the tail of the connect storm.
+SETTLE_S = 12
 
 
 def log(text: str) -> None:
@@ -218,7 +222,7 @@ def throughput(phones: int, workers: int, rate: float, seconds: float) -> dict[s
     log(f"throughput: {phones} phones, open loop at {rate:g}/s for {seconds:g} s")
     with node(CACHE / "node") as target:
         report = simulate(target, "--phones", str(phones), "--workers", str(workers), "--rate", str(rate),
-                          "--duration", str(seconds), "--ttl", "30")
+                          "--duration", str(seconds), "--ttl", "30", "--hold", str(SETTLE_S))
         assert isinstance(report, dict)
     decided = sum(report["outcomes"].get(k, 0) for k in ("approved", "denied", "expired"))
     drive_s = report["info"].get("drive_s") or seconds
@@ -247,7 +251,7 @@ def latency(phones: int, workers: int, rates: list[float], seconds: float) -> di
         for rate in rates:
             log(f"latency at {rate:g}/s with {phones} phones")
             report = simulate(target, "--phones", str(phones), "--workers", str(workers), "--rate", str(rate),
-                              "--duration", str(seconds), "--ttl", "30")
+                              "--duration", str(seconds), "--ttl", "30", "--hold", str(SETTLE_S))
             assert isinstance(report, dict)
             lat = report["latencies_us"]
             results[f"{rate:g}"] = {

@@ -131,7 +131,7 @@ class Report:
         if "node" in info:
             node = info["node"]
             lines.append(f"  node pid {node['pid']}: RSS {node['rss_start_mib']:.1f} -> {node['rss_end_mib']:.1f} MiB, "
-                         f"CPU {node['cpu_percent']:.0f}% of one core over the run")
+                         f"CPU {node['cpu_percent']:.0f}% of one core once the phones were connected")
         for name, value in sorted(info.items()):
             if name.startswith("bombing."):
                 lines.append(f"  {name.removeprefix('bombing.').replace('_', ' ')}: {value}")

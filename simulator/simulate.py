@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 from urllib.parse import urlparse
 
@@ -157,26 +158,33 @@ async def _run(args: argparse.Namespace, spec: LoadSpec) -> Report:
     async with RpcClient.connect(spec.rpc_host, spec.rpc_port, api_key=spec.api_key) as rpc:
         if args.policy:
             await rpc.call("policy.set", {k: _number(v) for k, _, v in (p.partition("=") for p in args.policy)})
-        start = sample_process(args.node_pid) if args.node_pid else None
+        start: list = []
+
+        async def go() -> None:
+            """Every phone is connected: the node's usage is measured from here."""
+            if args.node_pid:
+                start.append(sample_process(args.node_pid))
+
         if args.scenario == "bombing":
             report = Report()
+            await go()
             await run_bombing(rpc, spec.ws_url, report, attempts=args.attempts, rate=args.attack_rate,
                               victim=args.victim, ttl_s=spec.ttl_s)
         else:
-            report = await _load(args, spec)
+            report = await _load(args, spec, go)
         end = sample_process(args.node_pid) if args.node_pid else None
-        if start is not None and end is not None:
-            report.info["node"] = usage_between(args.node_pid, start, end)
+        if start and start[0] is not None and end is not None:
+            report.info["node"] = usage_between(args.node_pid, start[0], end)
     return report
 
 
-async def _load(args: argparse.Namespace, spec: LoadSpec) -> Report:
+async def _load(args: argparse.Namespace, spec: LoadSpec, go: Callable[[], Awaitable[None]]) -> Report:
     progress = Progress(spec.workers, quiet=args.quiet)
     if spec.workers == 1:
-        final = await run_worker(spec, progress.update)
+        final = await run_worker(spec, progress.update, go)
         finals = [final]
     else:
-        finals = await _run_workers(spec, progress)
+        finals = await _run_workers(spec, progress, go)
     progress.finish()
     report = Report()
     report.workers = spec.workers
@@ -196,7 +204,7 @@ async def _load(args: argparse.Namespace, spec: LoadSpec) -> Report:
     return report
 
 
-async def _run_workers(spec: LoadSpec, progress: Progress) -> list[dict[str, Any]]:
+async def _run_workers(spec: LoadSpec, progress: Progress, go: Callable[[], Awaitable[None]]) -> list[dict[str, Any]]:
     finals: list[dict[str, Any] | None] = [None] * spec.workers
     processes: list[trio.Process] = []
     ready: set[int] = set()
@@ -204,6 +212,7 @@ async def _run_workers(spec: LoadSpec, progress: Progress) -> list[dict[str, Any
     async def all_ready(worker: int) -> None:
         ready.add(worker)
         if len(ready) == spec.workers:  # every phone is connected: start the load everywhere
+            await go()
             for process in processes:
                 assert process.stdin is not None
                 await process.stdin.send_all(b"go\n")
