@@ -30,14 +30,14 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, serve_websocke
 from simulator.resources import raise_descriptor_limit, source_addresses
 
 PAYLOAD = b"x" * 200  # about a challenge frame's size in msgpack
-WINDOW = 200  # pushes in flight
+WINDOW = 200  # pushes in flight, unless --window says otherwise
 
 
 def _emit(**fields: object) -> None:
     print(json.dumps(fields), flush=True)
 
 
-async def run_server(port: int, push_seconds: float, expect: int) -> None:
+async def run_server(port: int, push_seconds: float, expect: int, window: int = WINDOW) -> None:
     raise_descriptor_limit()
     connections: list[WebSocketConnection] = []
     answered = 0
@@ -71,7 +71,7 @@ async def run_server(port: int, push_seconds: float, expect: int) -> None:
         sent = 0
         with trio.move_on_after(push_seconds):
             while True:
-                while sent - answered < WINDOW:
+                while sent - answered < window:
                     nursery.start_soon(connections[sent % len(connections)].send_message, PAYLOAD)
                     sent += 1
                 answer = trio.Event()
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     server.add_argument("--port", type=int, default=0)
     server.add_argument("--push-seconds", type=float, default=0.0)
     server.add_argument("--expect", type=int, default=1, help="connections to wait for before pushing")
+    server.add_argument("--window", type=int, default=WINDOW, help="pushes kept in flight")
     clients = commands.add_parser("clients")
     clients.add_argument("--port", type=int, required=True)
     clients.add_argument("--count", type=int, required=True)
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.command == "server":
-            trio.run(run_server, args.port, args.push_seconds, args.expect)
+            trio.run(run_server, args.port, args.push_seconds, args.expect, args.window)
         else:
             trio.run(run_clients, args.port, args.count, args.concurrency)
     except KeyboardInterrupt:

@@ -87,6 +87,36 @@ class Driver:
             drive_s = trio.current_time() - start
         return drive_s
 
+    async def drive_closed(self, in_flight: int, duration_s: float, max_challenges: int | None) -> float:
+        """Closed loop: keep `in_flight` challenges open, a new one as each ends,
+        for `duration_s` or `max_challenges`: the node's saturation throughput,
+        measured the way the bare reference measures its push round trips."""
+        start = trio.current_time()
+        slots = trio.Semaphore(in_flight)
+        started = 0
+
+        async def one(phone: LoadPhone) -> None:
+            try:
+                await self._challenge(phone)
+            finally:
+                slots.release()
+
+        async with trio.open_nursery() as nursery:
+            while (max_challenges is None or started < max_challenges) and \
+                    trio.current_time() - start < duration_s:
+                await slots.acquire()
+                phone = self._pick()
+                if phone is None:
+                    slots.release()
+                    self.report.counters["no_idle_phone"] += 1
+                    await trio.sleep(0.01)
+                    continue
+                phone.busy = True
+                started += 1
+                nursery.start_soon(one, phone)
+            drive_s = trio.current_time() - start
+        return drive_s
+
     def _pick(self) -> LoadPhone | None:
         """An idle phone whose user may be challenged, offline ones at their share."""
         use_offline = self.idle_offline and self.rng.random() < self.offline_share

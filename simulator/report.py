@@ -100,7 +100,11 @@ class Report:
         decided = sum(v for k, v in self.outcomes.items() if k in ("approved", "denied", "expired", "cancelled"))
         lines.append(f"  workers {self.workers}; phones {counters.get('phones_connected', 0)} connected of "
                      f"{counters.get('phones', 0)} ({counters.get('phones_offline', 0)} kept offline)")
-        if "target_rate" in info:
+        if info.get("in_flight"):
+            lines.append(f"  closed loop, {info['in_flight']} in flight, for {duration:.1f} s; created {created} "
+                         f"({created / duration if duration else 0:.0f}/s), decided {decided} "
+                         f"({decided / duration if duration else 0:.0f}/s)")
+        elif "target_rate" in info:
             lines.append(f"  target {info['target_rate']:g}/s for {duration:.1f} s; created {created} "
                          f"({created / duration if duration else 0:.0f}/s), decided {decided} "
                          f"({decided / duration if duration else 0:.0f}/s)")

@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--fleet", type=Path, metavar="FILE", help="reuse this fleet file; created if missing")
     load.add_argument("--rate", type=float, default=50.0,
                       help="challenges per second, open loop (default 50; 0: connect and hold only)")
+    load.add_argument("--in-flight", type=int, default=0, metavar="N",
+                      help="closed loop instead of --rate: keep N challenges open (saturation throughput)")
     load.add_argument("--hold", type=float, default=0.0, metavar="S",
                       help="keep the phones connected and idle S seconds before the load (default 0)")
     load.add_argument("--duration", type=float, default=10.0, help="seconds of load (default 10)")
@@ -103,7 +105,7 @@ def main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                         max_challenges=args.challenges, mix=args.mix, think=args.think, biometric=args.biometric,
                         offline=args.offline, encoding=args.encoding, faults=args.faults, storm_at_s=args.storm_at,
                         ttl_s=args.ttl, match=args.match, workers=args.workers, seed=args.seed,
-                        rpc_connections=args.rpc_connections, hold_s=args.hold)
+                        rpc_connections=args.rpc_connections, hold_s=args.hold, in_flight=args.in_flight)
         try:
             report = trio.run(_run, args, spec)
         except OSError as exc:
@@ -137,6 +139,7 @@ def _validate(args: argparse.Namespace) -> None:
     for name, value, low, high in (("--phones", args.phones, 1, 1_000_000), ("--workers", args.workers, 1, 64),
                                    ("--duration", args.duration, 0.1, MAX_DURATION_S), ("--rate", args.rate, 0, 1e6),
                                    ("--hold", args.hold, 0, MAX_DURATION_S),
+                                   ("--in-flight", args.in_flight, 0, 100_000),
                                    ("--ttl", args.ttl, 1, 600), ("--offline", args.offline, 0, 1),
                                    ("--attempts", args.attempts, 1, 100_000),
                                    ("--attack-rate", args.attack_rate, 0.01, 10_000)):

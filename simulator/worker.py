@@ -65,6 +65,7 @@ class LoadSpec:
     seed: int = 1
     rpc_connections: int = 8
     hold_s: float = 0.0  # connected and idle this long before the load starts
+    in_flight: int = 0  # >0: closed loop with this many challenges open, instead of --rate
 
     @property
     def my_phones(self) -> int:
@@ -150,10 +151,13 @@ async def run_worker(spec: LoadSpec, emit: Callable[[dict[str, Any]], None],
                 if faults.storm_at_s is not None:
                     side.start_soon(_storm, faults.storm_at_s, online, report)
                 drive_s = 0.0
-                if spec.rate > 0:
+                if spec.in_flight:
+                    share = max(1, spec.in_flight // spec.workers)
+                    drive_s = await driver.drive_closed(share, spec.duration_s, _my_share(spec))
+                elif spec.rate > 0:
                     drive_s = await driver.drive(spec.rate / spec.workers, spec.duration_s, _my_share(spec))
                 side.cancel_scope.cancel()
-            report.info.update(drive_s=round(drive_s, 3), target_rate=spec.rate)
+            report.info.update(drive_s=round(drive_s, 3), target_rate=spec.rate, in_flight=spec.in_flight)
             after = (await rpcs[0].call("stats.get"))["counters"]
             fallbacks = after.get("push_fallbacks", 0) - before.get("push_fallbacks", 0)
             expected_fallbacks = report.counters["ack_delays"]

@@ -172,3 +172,23 @@ async def test_a_storm_is_over_only_when_every_phone_is_back(node, rpc):
             phone.stop()
             await phone.phone.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_closed_loop_keeps_its_window_full_and_no_more(node, rpc, monkeypatch):
+    from simulator import driver as driver_module
+
+    most = 0
+    original = driver_module.Driver._challenge
+
+    async def counted(self, phone):
+        nonlocal most
+        most = max(most, self.open + 1)
+        await original(self, phone)
+
+    monkeypatch.setattr(driver_module.Driver, "_challenge", counted)
+    report, _, _ = await run(spec_for(node, phones=40, in_flight=8, duration_s=1.5, rate=0.01, ttl_s=5))
+    assert report.failed == 0
+    assert report.counters["created"] > 8  # the window refilled as challenges ended
+    assert most == 8  # and never held more than its size
+    assert report.info["in_flight"] == 8
+    assert "closed loop, 8 in flight" in report.render()
