@@ -171,6 +171,10 @@ _CHALLENGE_COLUMNS = (
 _SELECT_DEVICE = f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?"
 _SELECT_CHALLENGE = f"SELECT {_CHALLENGE_COLUMNS} FROM challenges WHERE challenge_id = ?"
 
+class _OperationRaised(Exception):
+    """An operation of a batch run without savepoints raised: run it again with them."""
+
+
 @dataclass(eq=False, slots=True)
 class _Op(Generic[T]):
     """One queued read or write and, once its batch has run, its outcome.
@@ -571,14 +575,32 @@ class SqliteStore:
     def _commit(self, batch: list[_Op[Any]]) -> bool:
         """Run one batch as one transaction (in the writer thread). True if it committed.
 
-        Outcomes are handed to the ops only after COMMIT, so no caller can act
-        on a write that might still be lost.
+        First without savepoints: nearly every batch succeeds whole, and a
+        savepoint costs two statements an operation (each a round for the
+        GIL). If an operation raises, the transaction is rolled back and the
+        batch runs again with a savepoint around each operation, so that the
+        one that raised is undone and its exception goes to its caller alone
+        while the rest commit. Outcomes are handed to the ops only after
+        COMMIT, so no caller can act on a write that might still be lost.
         """
+        try:
+            return self._transaction(batch, savepoints=False)
+        except _OperationRaised:
+            return self._transaction(batch, savepoints=True)
+
+    def _transaction(self, batch: list[_Op[Any]], *, savepoints: bool) -> bool:
         conn = self._writer
         outcomes: list[tuple[Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in batch:
+                if not savepoints:
+                    try:
+                        outcomes.append((op.run(conn), None))
+                    except Exception as exc:
+                        conn.execute("ROLLBACK")
+                        raise _OperationRaised from exc
+                    continue
                 conn.execute("SAVEPOINT op")
                 try:
                     value = op.run(conn)
@@ -590,6 +612,8 @@ class SqliteStore:
                     conn.execute("RELEASE op")
                     outcomes.append((value, None))
             conn.execute("COMMIT")
+        except _OperationRaised:
+            raise
         except Exception as exc:
             # The transaction as a whole failed (disk full, I/O error, lock
             # timeout): nothing of the batch is kept, and every caller learns it.
