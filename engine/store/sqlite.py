@@ -2,19 +2,27 @@
 
 Writes are group-committed. Every mutating call queues an operation (a function
 of the writer connection) and waits; one writer task takes whatever has queued
-up and runs it as ONE transaction in a worker thread, so one fsync serves many
-callers. Each operation runs inside its own SAVEPOINT: one that raises is
-undone and its exception goes to its caller alone, while the rest of the batch
-commits. Conditional writes ("the first decision wins", "a code is used once")
-decide inside their operation, so the check and the change are atomic.
+up and runs it as ONE transaction, so one fsync serves many callers. An
+operation that raises is undone (the batch runs again with a SAVEPOINT around
+each operation) and its exception goes to its caller alone, while the rest of
+the batch commits. Conditional writes ("the first decision wins", "a code is
+used once") decide inside their operation, so the check and the change are
+atomic.
 
-Reads are batched the same way: each read-only connection has a reader task
-that takes whatever reads have queued up and runs them in one trip to a
-worker thread. A trip to a thread costs the Trio thread far more (~190 us of
-CPU, measured) than a point read does (~13 us), so under load the batching
-is what keeps the store cheap; WAL mode lets reads proceed while the writer
-commits. The Trio thread never waits on SQLite: every call into it happens
-in `trio.to_thread.run_sync`.
+SQLite runs on the Trio thread. A point read or a write statement costs it
+tens of microseconds; handing the same work to a worker thread cost more
+CPU than that (~190 us a trip), and when the loop is busy, as it is under
+load, the worker waits for the GIL after every statement: behind a loop that
+releases the GIL for a moment at every system call, a waiting thread can lose
+the race for it for seconds (the writer managed 21 challenges/s beside a busy
+loop against 5,300/s beside an idle one; `python -m bench.store_load`
+measures it). So SQLite calls stay short and run inline: the writer's and the
+reader's busy timeouts are 0, and only the rare call that must wait for a lock
+held by another process (BEGIN while another process writes, a read while
+another connection recovers the WAL) goes to a worker thread. The cost is
+that COMMIT's fsync and SQLite's automatic WAL checkpoints (every 1,000
+pages) hold the loop while they run: a fraction of a millisecond, and a few
+milliseconds, on this machine's disk.
 """
 
 from __future__ import annotations
@@ -60,9 +68,6 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5_000  # another process holding the write lock: wait this long, then fail
-READ_CONNECTIONS = 2
-READ_QUEUE_SIZE = 4_096
-MAX_READ_BATCH = 128
 WRITE_QUEUE_SIZE = 1_024  # a full queue makes writers wait: backpressure, not loss
 MAX_BATCH = 256  # bounds one transaction's duration, and so the latency of the next batch
 AUDIT_QUERY_LIMIT = 1_000
@@ -201,13 +206,12 @@ class SqliteStore:
             far fewer than writes under load, which is the point of batching.
     """
 
-    def __init__(self, writer: sqlite3.Connection, readers: Sequence[sqlite3.Connection]):
+    def __init__(self, writer: sqlite3.Connection, reader: sqlite3.Connection):
         self._writer = writer
-        self._readers = tuple(readers)
-        # Only one thread may ever touch the writer connection.
-        self._write_limiter = trio.CapacityLimiter(1)
+        self._reader = reader
+        # A read that waits in a thread holds the read connection meanwhile.
+        self._read_waiting = trio.Lock()
         self._queue_in, self._queue_out = trio.open_memory_channel[_Op[Any]](WRITE_QUEUE_SIZE)
-        self._reads_in, self._reads_out = trio.open_memory_channel[_Op[Any]](READ_QUEUE_SIZE)
         self._closing = False
         self.transactions_committed = 0
         self.totp = SqliteTotpStore(self)
@@ -552,8 +556,7 @@ class SqliteStore:
                         batch.append(self._queue_out.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                # Not abandonable on cancel: a batch always finishes before we go on.
-                if await trio.to_thread.run_sync(self._commit, batch, limiter=self._write_limiter):
+                if await self._commit(batch):
                     self.transactions_committed += 1
                 for op in batch:
                     op.done.set()
@@ -572,27 +575,34 @@ class SqliteStore:
                     op.error = trio.ClosedResourceError("the store closed before this write ran")
                     op.done.set()
 
-    def _commit(self, batch: list[_Op[Any]]) -> bool:
-        """Run one batch as one transaction (in the writer thread). True if it committed.
+    async def _commit(self, batch: list[_Op[Any]]) -> bool:
+        """Run one batch as one transaction. True if it committed.
 
         First without savepoints: nearly every batch succeeds whole, and a
-        savepoint costs two statements an operation (each a round for the
-        GIL). If an operation raises, the transaction is rolled back and the
-        batch runs again with a savepoint around each operation, so that the
-        one that raised is undone and its exception goes to its caller alone
-        while the rest commit. Outcomes are handed to the ops only after
-        COMMIT, so no caller can act on a write that might still be lost.
+        savepoint costs two statements an operation. If an operation raises,
+        the transaction is rolled back and the batch runs again with a
+        savepoint around each operation, so that the one that raised is
+        undone and its exception goes to its caller alone while the rest
+        commit. Outcomes are handed to the ops only after COMMIT, so no
+        caller can act on a write that might still be lost.
         """
-        try:
-            return self._transaction(batch, savepoints=False)
-        except _OperationRaised:
-            return self._transaction(batch, savepoints=True)
+        for savepoints in (False, True):
+            try:
+                await self._begin()
+            except sqlite3.Error as exc:
+                _fail(batch, exc)
+                return False
+            try:
+                return self._transaction(batch, savepoints=savepoints)
+            except _OperationRaised:
+                continue
+        raise AssertionError("a batch run with savepoints does not raise _OperationRaised")
 
     def _transaction(self, batch: list[_Op[Any]], *, savepoints: bool) -> bool:
+        """The operations and COMMIT of a begun transaction, on the Trio thread."""
         conn = self._writer
         outcomes: list[tuple[Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
             for op in batch:
                 if not savepoints:
                     try:
@@ -615,59 +625,67 @@ class SqliteStore:
         except _OperationRaised:
             raise
         except Exception as exc:
-            # The transaction as a whole failed (disk full, I/O error, lock
-            # timeout): nothing of the batch is kept, and every caller learns it.
+            # The transaction as a whole failed (disk full, I/O error): nothing
+            # of the batch is kept, and every caller learns it.
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            for op in batch:
-                failure = sqlite3.OperationalError(f"the write transaction failed: {exc}")
-                failure.__cause__ = exc
-                op.error = failure
+            _fail(batch, exc)
             return False
         for op, (value, error) in zip(batch, outcomes, strict=True):
             op.result, op.error = value, error
         return True
 
+    async def _begin(self) -> None:
+        """BEGIN IMMEDIATE: at once if the write lock is free, else wait for it in a thread.
+
+        The writer's own busy timeout is 0, so that a statement on the Trio
+        thread never sleeps in SQLite's busy handler; only another process
+        holding the write lock sends the writer to a thread, for BEGIN alone.
+        """
+        try:
+            self._writer.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise
+            # Not abandonable on cancel: the writer must not be left mid-BEGIN.
+            await trio.to_thread.run_sync(self._begin_waiting)
+
+    def _begin_waiting(self) -> None:
+        conn = self._writer
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        finally:
+            conn.execute("PRAGMA busy_timeout = 0")
+
     # -- the read path -----------------------------------------------------
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
-        """Queue `query` for the next batch of reads; its result once it ran."""
+        """Run `query` on the read connection, on the Trio thread (see the module's doc).
+
+        In WAL mode a read waits for no writer; SQLite answers busy only in
+        rare moments (another connection recovering or closing the WAL), and
+        then the read is tried again in a thread that may wait for it.
+        """
+        await trio.lowlevel.checkpoint()
         if self._closing:
             raise trio.ClosedResourceError("the store is closed")
-        op: _Op[T] = _Op(query)
-        try:
-            await self._reads_in.send(op)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise trio.ClosedResourceError("the store is closed") from None
-        await op.done.wait()
-        if op.error is not None:
-            raise op.error
-        return op.result  # type: ignore[return-value]  # T, set by the reader
+        if not self._read_waiting.locked():
+            try:
+                return query(self._reader)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                    raise
+        async with self._read_waiting:
+            return await trio.to_thread.run_sync(self._read_patiently, query)
 
-    async def _run_reader(
-        self, conn: sqlite3.Connection, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Run queued reads on `conn`, a batch per trip to a thread, until the queue closes."""
-        limiter = trio.CapacityLimiter(1)  # this connection, one thread at a time
-        task_status.started()
-        batch: list[_Op[Any]] = []
+    def _read_patiently(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._reader
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         try:
-            async for first in self._reads_out:
-                batch = [first]
-                while len(batch) < MAX_READ_BATCH:
-                    try:
-                        batch.append(self._reads_out.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                await trio.to_thread.run_sync(_run_reads, conn, batch, limiter=limiter)
-                for op in batch:
-                    op.done.set()
-                batch = []
+            return query(conn)
         finally:
-            for op in batch:
-                if not op.done.is_set():
-                    op.error = trio.ClosedResourceError("the store closed before this read ran")
-                    op.done.set()
+            conn.execute("PRAGMA busy_timeout = 0")
 
     async def _read_one(self, sql: str, params: Sequence[Any]) -> sqlite3.Row | None:
         return await self._read(lambda conn: conn.execute(sql, params).fetchone())
@@ -680,23 +698,13 @@ class SqliteStore:
         """Accept no more reads or writes; what is queued still runs."""
         self._closing = True
         self._queue_in.close()
-        self._reads_in.close()
 
-    async def _close_connections(self) -> None:
-        """Close every connection (the reader and writer tasks have ended)."""
+    def _close_connections(self) -> None:
+        """Close both connections (the writer task has ended)."""
         self._closing = True
-        # Reads that queued after the readers stopped (a cancelled exit) get an error.
-        with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-            while True:
-                op = self._reads_out.receive_nowait()
-                op.error = trio.ClosedResourceError("the store closed before this read ran")
-                op.done.set()
-        await trio.to_thread.run_sync(self._close_all)
-
-    def _close_all(self) -> None:
         # The writer closes last: the last connection checkpoints the WAL into the file.
-        for conn in (*self._readers, self._writer):
-            conn.close()
+        self._reader.close()
+        self._writer.close()
 
 
 @contextlib.asynccontextmanager
@@ -721,21 +729,20 @@ async def open_sqlite_store(
         raise ValueError(
             f"synchronous must be one of {sorted(_SYNCHRONOUS_MODES)}, not {synchronous!r}"
         )
-    writer, readers = await trio.to_thread.run_sync(_connect, Path(path), mode)
-    store = SqliteStore(writer, readers)
+    writer, reader = await trio.to_thread.run_sync(_connect, Path(path), mode)
+    store = SqliteStore(writer, reader)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(store._run_writer)
-            for reader in readers:
-                await nursery.start(store._run_reader, reader)
             try:
                 yield store
             finally:
                 store._stop()
     finally:
         # Shielded: connections must be closed even when we leave by cancellation.
+        # Closing the writer checkpoints the WAL into the file: a thread's work.
         with trio.CancelScope(shield=True):
-            await store._close_connections()
+            await trio.to_thread.run_sync(store._close_connections)
 
 
 def _delivery_update(challenge_id: str, channel: str | None, sent_at: int | None, delivered_at: int | None,
@@ -751,20 +758,11 @@ def _delivery_update(challenge_id: str, channel: str | None, sent_at: int | None
     )
 
 
-def _run_reads(conn: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
-    """Run a batch of reads in a worker thread; each op gets its own outcome."""
-    for op in batch:
-        try:
-            op.result = op.run(conn)
-        except Exception as exc:
-            op.error = exc
-
-
 # -- connections and schema -------------------------------------------------
 
 
-def _connect(path: Path, synchronous: str) -> tuple[sqlite3.Connection, list[sqlite3.Connection]]:
-    """Open the writer (WAL, schema up to date) and the read-only connections."""
+def _connect(path: Path, synchronous: str) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+    """Open the writer (WAL, schema up to date) and the read-only connection."""
     path.parent.mkdir(parents=True, exist_ok=True)
     opened: list[sqlite3.Connection] = []
     try:
@@ -775,17 +773,18 @@ def _connect(path: Path, synchronous: str) -> tuple[sqlite3.Connection, list[sql
             raise RuntimeError(f"{path}: SQLite refused WAL journal mode (got {journal!r})")
         writer.execute(f"PRAGMA synchronous = {synchronous}")
         _migrate(writer, path)
-        readers = []
-        for _ in range(READ_CONNECTIONS):
-            reader = _open(path)
-            opened.append(reader)
-            reader.execute("PRAGMA query_only = ON")
-            readers.append(reader)
+        reader = _open(path)
+        opened.append(reader)
+        reader.execute("PRAGMA query_only = ON")
+        # Neither sleeps in SQLite's busy handler on the Trio thread: see
+        # SqliteStore._begin and SqliteStore._read.
+        for conn in (writer, reader):
+            conn.execute("PRAGMA busy_timeout = 0")
     except BaseException:
         for conn in opened:
             conn.close()
         raise
-    return writer, readers
+    return writer, reader
 
 
 def _open(path: Path) -> sqlite3.Connection:

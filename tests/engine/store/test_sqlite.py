@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -285,3 +286,29 @@ async def test_closing_commits_the_writes_already_queued(db_path: Path) -> None:
         await closed.query_audit()
     rows = raw_query(db_path, "SELECT count(*) FROM audit")
     assert rows == [(200,)]
+
+
+async def test_a_read_that_finds_the_database_busy_waits_for_it_in_a_thread(db_path: Path) -> None:
+    # A real busy reader in WAL mode needs another connection mid-recovery,
+    # which a test cannot time; the query itself answers busy once instead.
+    threads: list[bool] = []
+
+    def query(conn: sqlite3.Connection) -> int:
+        threads.append(threading.current_thread() is threading.main_thread())
+        if len(threads) == 1:
+            busy = sqlite3.OperationalError("database is locked")
+            busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
+            raise busy
+        return conn.execute("PRAGMA busy_timeout").fetchone()[0]
+
+    async with open_sqlite_store(db_path) as store:
+        assert await store._read(query) == 5_000  # the thread waits as long as a writer would
+        assert threads == [True, False]
+        assert await store._read(lambda conn: conn.execute("PRAGMA busy_timeout").fetchone()[0]) == 0
+
+
+async def test_a_read_error_other_than_busy_goes_to_its_caller(db_path: Path) -> None:
+    async with open_sqlite_store(db_path) as store:
+        with pytest.raises(sqlite3.OperationalError, match="no such table"):
+            await store._read(lambda conn: conn.execute("SELECT * FROM nowhere").fetchall())
+        assert await store.query_audit() == []
