@@ -14,7 +14,9 @@ ratio. The suites:
    challenges kept open, against the bare server's push round trips with
    200 pushes kept in flight;
 4. latency percentiles at fixed rates (250/s and 1,000/s);
-5. TOTP verifications per second, against the node's cheapest RPC.
+5. TOTP verifications per second, against the node's cheapest RPC;
+6. the SQLite store's challenge rate beside a busy event loop, against the
+   same beside an idle one (bench/store_load.py).
 
 It runs a node (`pushguard serve`) and the simulator (`pushguard simulate`)
 as separate processes on loopback, keeps the enrolled fleet and the node's
@@ -240,7 +242,7 @@ def throughput(phones: int, workers: int, in_flight: int, seconds: float) -> dic
     return {
         "phones": phones, "in_flight": in_flight, "decided": decided, "decided_per_s": round(node_rate, 1),
         "wrong_outcomes": report["checks"].get("failed", 0),
-        "node_cpu_percent": round(report["info"].get("node", {}).get("cpu_percent", 0), 1),
+        **_cpu_under_load(report),
         "latency_us": report["latencies_us"],
         "bare_round_trips_per_s": pushed["rate"], "bare_server_cpu_us": pushed["server_cpu_us"],
         "ratio_node_to_bare": round(node_rate / pushed["rate"], 3),
@@ -260,13 +262,29 @@ def latency(phones: int, workers: int, rates: list[float], seconds: float) -> di
                 "rate": rate, "created": report["counters"].get("created", 0),
                 "late_starts": report["counters"].get("late_starts", 0),
                 "wrong_outcomes": report["checks"].get("failed", 0),
-                "node_cpu_percent": round(report["info"].get("node", {}).get("cpu_percent", 0), 1),
+                **_cpu_under_load(report),
                 "create_to_delivered_ms": {k: round(v / 1000, 2) for k, v in lat["create_to_delivered"].items()
                                            if k != "count"},
                 "create_to_decided_ms": {k: round(v / 1000, 2) for k, v in lat["create_to_decided"].items()
                                          if k != "count"},
             }
     return results
+
+
+def _cpu_under_load(report: dict[str, Any]) -> dict[str, Any]:
+    """The node's and the simulator's CPU while the load ran (not while the phones idled)."""
+    created = report["counters"].get("created", 0) or 1
+    load = report["info"].get("node_load", {})
+    return {"node_cpu_percent": round(load.get("cpu_percent", 0), 1),
+            "node_cpu_us_per_challenge": round(load.get("cpu_s", 0) * 1e6 / created),
+            "sim_cpu_us_per_challenge": round(report["info"].get("sim_cpu_s", 0) * 1e6 / created)}
+
+
+def store(seconds: float) -> dict[str, Any]:
+    from bench.store_load import run as run_store_load
+
+    log(f"store: challenges/s beside an idle and a busy event loop, {seconds:g} s each")
+    return trio.run(lambda: run_store_load(seconds=seconds, tasks=200, busy_slice_ms=1.0))
 
 
 def totp(users: int, seconds: float, concurrency: int) -> dict[str, Any]:
@@ -294,7 +312,8 @@ def markdown(results: dict[str, Any]) -> str:
     if "throughput" in results:
         t = results["throughput"]
         lines.append(f"| challenges/s at saturation, {t['phones']} phones | {t['decided_per_s']} "
-                     f"(node CPU {t['node_cpu_percent']}%, {t['in_flight']} in flight) | "
+                     f"(node CPU {t['node_cpu_percent']}%: {t['node_cpu_us_per_challenge']} us a challenge, "
+                     f"simulator {t['sim_cpu_us_per_challenge']} us; {t['in_flight']} in flight) | "
                      f"{t['bare_round_trips_per_s']} bare push round trips/s"
                      f" | {t['ratio_node_to_bare']} | >= 2000/s and >= 0.5 |")
     for rate, l in results.get("latency", {}).items():
@@ -302,6 +321,13 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{'<= 20 ms' if rate == '1000' else '-'} |")
         lines.append(f"| p99 create->decided at {rate}/s | {l['create_to_decided_ms'].get('p99')} ms | - | - | "
                      f"{'<= 50 ms' if rate == '1000' else '-'} |")
+    if "store" in results:
+        t = results["store"]
+        lines.append(f"| store challenges/s beside a busy loop | {t['challenges_per_s_busy_loop']} | "
+                     f"{t['challenges_per_s_idle_loop']} beside an idle loop | {t['ratio']} | - |")
+        lag = t["loop_lag_ms_at_paced_rate"]
+        lines.append(f"| loop lag while the store takes {t['paced_rate']} challenges/s (p99 / max) | "
+                     f"{lag['p99']} / {lag['max']} ms | - | - | - |")
     if "totp" in results:
         t = results["totp"]
         lines.append(f"| TOTP verifications/s (wrong codes) | {t['wrong_per_s']} | {t['policy_get_per_s']} "
@@ -319,13 +345,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="challenges kept open to saturate the node, and pushes the bare server keeps in flight "
                              "(default 200)")
     parser.add_argument("--seconds", type=float, default=10, help="length of each load (default 10 s)")
-    parser.add_argument("--only", nargs="*", choices=["memory", "throughput", "latency", "totp"],
+    parser.add_argument("--only", nargs="*", choices=["memory", "throughput", "latency", "store", "totp"],
                         help="run only these suites")
     parser.add_argument("--quick", action="store_true", help="small figures for a smoke run (not comparable)")
     args = parser.parse_args(argv)
     if args.quick:
         args.phones, args.max_phones, args.seconds = 500, 1000, 3
-    suites = set(args.only or ["memory", "throughput", "latency", "totp"])
+    suites = set(args.only or ["memory", "throughput", "latency", "store", "totp"])
     CACHE.mkdir(exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
     results: dict[str, Any] = {"date": datetime.date.today().isoformat(), "machine": _machine(),
@@ -338,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         results["throughput"] = throughput(args.phones, args.workers, args.in_flight, args.seconds)
     if "latency" in suites:
         results["latency"] = latency(args.phones, args.workers, [250, 1000], args.seconds)
+    if "store" in suites:
+        results["store"] = store(seconds=args.seconds / 2)
     if "totp" in suites:
         results["totp"] = totp(users=2000 if not args.quick else 200, seconds=args.seconds, concurrency=64)
     stem = RESULTS / (results["date"] + ("-quick" if args.quick else ""))

@@ -8,7 +8,10 @@ node. This measures one challenge's store traffic as the node makes it
 its audit row) from many concurrent tasks, twice in one run: with the loop
 otherwise idle, and with a task beside it that keeps the loop busy (CPU
 work in slices of `busy_slice_ms`, yielding between slices, as a loaded
-node does). The ratio of the two is the figure.
+node does). The ratio of the two is the figure. SQLite runs on the Trio
+thread, so a third run, at a fixed 1,000 challenges/s, gives how long it
+holds the loop (COMMIT's fsync included): the lag of a task that sleeps
+1 ms at a time.
 
 Usage: python -m bench.store_load [--seconds S] [--tasks N] [--json FILE]
 """
@@ -38,6 +41,7 @@ from engine.models import (
 from engine.store.sqlite import SqliteStore, open_sqlite_store
 
 USERS = 1_000
+PACED_RATE = 1_000  # challenges/s, about twice what one node core sustains end to end
 
 
 async def _seed(store: SqliteStore, now: int) -> list[Device]:
@@ -101,6 +105,14 @@ async def _busy(slice_ms: float, stop: trio.Event) -> None:
         await trio.sleep(0)
 
 
+async def _ticker(lags: list[float], stop: trio.Event) -> None:
+    """How late a 1 ms sleep wakes: how long the loop was held (by COMMIT's fsync, say)."""
+    while not stop.is_set():
+        start = time.perf_counter()
+        await trio.sleep(0.001)
+        lags.append(time.perf_counter() - start - 0.001)
+
+
 async def _measure(store: SqliteStore, devices: list[Device], *, tasks: int, seconds: float,
                    busy_slice_ms: float | None) -> float:
     done = 0
@@ -127,6 +139,23 @@ async def _measure(store: SqliteStore, devices: list[Device], *, tasks: int, sec
     return counted / elapsed
 
 
+async def _paced(store: SqliteStore, devices: list[Device], *, rate: float, seconds: float) -> list[float]:
+    """Challenges started at `rate` per second, and the loop's lag meanwhile."""
+    lags: list[float] = []
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_ticker, lags, stop)
+        start = time.perf_counter()
+        serial = 0
+        while (elapsed := time.perf_counter() - start) < seconds:
+            while serial < elapsed * rate:
+                nursery.start_soon(_one_challenge, store, devices[serial % len(devices)], 10_000_000 + serial)
+                serial += 1
+            await trio.sleep(0.001)
+        stop.set()
+    return lags
+
+
 async def run(*, seconds: float, tasks: int, busy_slice_ms: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pushguard-store-bench-") as tmp:
         async with open_sqlite_store(Path(tmp) / "store.db") as store:
@@ -136,6 +165,7 @@ async def run(*, seconds: float, tasks: int, busy_slice_ms: float) -> dict[str, 
             busy = await _measure(
                 store, devices, tasks=tasks, seconds=seconds, busy_slice_ms=busy_slice_ms
             )
+            lags = await _paced(store, devices, rate=PACED_RATE, seconds=seconds)
     return {
         "tasks": tasks,
         "seconds": seconds,
@@ -143,7 +173,18 @@ async def run(*, seconds: float, tasks: int, busy_slice_ms: float) -> dict[str, 
         "challenges_per_s_idle_loop": round(idle, 1),
         "challenges_per_s_busy_loop": round(busy, 1),
         "ratio": round(busy / idle, 3) if idle else None,
+        "paced_rate": PACED_RATE,
+        "loop_lag_ms_at_paced_rate": _percentiles(lags),
     }
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples) or [0.0]
+
+    def at(share: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, int(share * len(ordered)))], 2)
+
+    return {"p50": at(0.5), "p99": at(0.99), "p99.9": at(0.999), "max": round(1000 * ordered[-1], 2)}
 
 
 def main(argv: list[str] | None = None) -> int:

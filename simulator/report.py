@@ -136,6 +136,12 @@ class Report:
             node = info["node"]
             lines.append(f"  node pid {node['pid']}: RSS {node['rss_start_mib']:.1f} -> {node['rss_end_mib']:.1f} MiB, "
                          f"CPU {node['cpu_percent']:.0f}% of one core once the phones were connected")
+        if "node_load" in info and created:
+            load = info["node_load"]
+            lines.append(f"  under load: node CPU {load['cpu_percent']:.0f}% of one core, "
+                         f"{load['cpu_s'] * 1e6 / created:.0f} us a challenge")
+        if info.get("sim_cpu_s") and created:
+            lines.append(f"  simulator CPU under load: {info['sim_cpu_s'] * 1e6 / created:.0f} us a challenge")
         for name, value in sorted(info.items()):
             if name.startswith("bombing."):
                 lines.append(f"  {name.removeprefix('bombing.').replace('_', ' ')}: {value}")

@@ -162,22 +162,34 @@ async def _run(args: argparse.Namespace, spec: LoadSpec) -> Report:
         if args.policy:
             await rpc.call("policy.set", {k: _number(v) for k, _, v in (p.partition("=") for p in args.policy)})
         start: list = []
+        load_start: list = []
 
-        async def go() -> None:
-            """Every phone is connected: the node's usage is measured from here."""
-            if args.node_pid:
-                start.append(sample_process(args.node_pid))
+        async with trio.open_nursery() as sampler:
 
-        if args.scenario == "bombing":
-            report = Report()
-            await go()
-            await run_bombing(rpc, spec.ws_url, report, attempts=args.attempts, rate=args.attack_rate,
-                              victim=args.victim, ttl_s=spec.ttl_s)
-        else:
-            report = await _load(args, spec, go)
+            async def sample_at_load_start() -> None:
+                await trio.sleep(args.hold)
+                load_start.append(sample_process(args.node_pid))
+
+            async def go() -> None:
+                """Every phone is connected: the node's usage is measured from here,
+                and its CPU under load from the end of --hold, when the load starts."""
+                if args.node_pid:
+                    start.append(sample_process(args.node_pid))
+                    sampler.start_soon(sample_at_load_start)
+
+            if args.scenario == "bombing":
+                report = Report()
+                await go()
+                await run_bombing(rpc, spec.ws_url, report, attempts=args.attempts, rate=args.attack_rate,
+                                  victim=args.victim, ttl_s=spec.ttl_s)
+            else:
+                report = await _load(args, spec, go)
+            sampler.cancel_scope.cancel()
         end = sample_process(args.node_pid) if args.node_pid else None
         if start and start[0] is not None and end is not None:
             report.info["node"] = usage_between(args.node_pid, start[0], end)
+        if load_start and load_start[0] is not None and end is not None:
+            report.info["node_load"] = usage_between(args.node_pid, load_start[0], end)
     return report
 
 
@@ -196,6 +208,8 @@ async def _load(args: argparse.Namespace, spec: LoadSpec, go: Callable[[], Await
         for key, value in final["report"]["info"].items():
             if key in ("drive_s", "connect_s", "storm_reconnect_s"):
                 report.info[key] = max(report.info.get(key, 0), value)
+            elif key == "sim_cpu_s":
+                report.info[key] = round(report.info.get(key, 0) + value, 3)
             else:
                 report.info.setdefault(key, value)
     shards = [[entry_from_json(e) for e in final["fleet"]] for final in finals]

@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -151,13 +152,15 @@ async def run_worker(spec: LoadSpec, emit: Callable[[dict[str, Any]], None],
                 if faults.storm_at_s is not None:
                     side.start_soon(_storm, faults.storm_at_s, online, report)
                 drive_s = 0.0
+                cpu_before = time.process_time()
                 if spec.in_flight:
                     share = max(1, spec.in_flight // spec.workers)
                     drive_s = await driver.drive_closed(share, spec.duration_s, _my_share(spec))
                 elif spec.rate > 0:
                     drive_s = await driver.drive(spec.rate / spec.workers, spec.duration_s, _my_share(spec))
                 side.cancel_scope.cancel()
-            report.info.update(drive_s=round(drive_s, 3), target_rate=spec.rate, in_flight=spec.in_flight)
+            report.info.update(drive_s=round(drive_s, 3), target_rate=spec.rate, in_flight=spec.in_flight,
+                               sim_cpu_s=round(time.process_time() - cpu_before, 3))
             after = (await rpcs[0].call("stats.get"))["counters"]
             fallbacks = after.get("push_fallbacks", 0) - before.get("push_fallbacks", 0)
             expected_fallbacks = report.counters["ack_delays"]

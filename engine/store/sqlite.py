@@ -625,8 +625,7 @@ class SqliteStore:
         except _OperationRaised:
             raise
         except Exception as exc:
-            # The transaction as a whole failed (disk full, I/O error): nothing
-            # of the batch is kept, and every caller learns it.
+            # The transaction as a whole failed (disk full, I/O error).
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
@@ -822,6 +821,14 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
 
 
 # -- records <-> rows -------------------------------------------------------
+
+
+def _fail(batch: list[_Op[Any]], cause: BaseException) -> None:
+    """The whole transaction failed: nothing of the batch is kept, and every caller learns it."""
+    for op in batch:
+        failure = sqlite3.OperationalError(f"the write transaction failed: {cause}")
+        failure.__cause__ = cause
+        op.error = failure
 
 
 def _statement(sql: str, params: Sequence[Any]) -> Callable[[sqlite3.Connection], None]:

@@ -169,3 +169,12 @@ def test_render_leaves_out_empty_histograms():
     assert not any(line.strip().startswith("create_to") for line in lines)
     assert "PASS" in lines[-1]
     assert "latency" not in Report().render()
+
+
+def test_render_gives_cpu_a_challenge_under_load():
+    report = passing_report()  # 10 challenges created
+    report.info.update(node_load={"pid": 1, "rss_start_mib": 1.0, "rss_end_mib": 1.0, "cpu_s": 0.02,
+                                  "cpu_percent": 1.0}, sim_cpu_s=0.015)
+    text = report.render()
+    assert "under load: node CPU 1% of one core, 2000 us a challenge" in text
+    assert "simulator CPU under load: 1500 us a challenge" in text

@@ -66,6 +66,10 @@ def test_spawn_node_two_workers_fleet_and_json(tmp_path):
     assert data["faults"]["injected"]["replay"] > 0 and data["faults"].get("failed") == {}
     assert data["info"]["fleet_saved"] == str(fleet)
     assert data["info"]["node"]["rss_end_mib"] > 0
+    # CPU under load, of both sides, summed over the two workers
+    assert data["info"]["node_load"]["cpu_s"] > 0 and data["info"]["sim_cpu_s"] > 0
+    assert re.search(r"under load: node CPU \d+% of one core, \d+ us a challenge", run.stdout)
+    assert re.search(r"simulator CPU under load: \d+ us a challenge", run.stdout)
     assert stat.S_IMODE(fleet.stat().st_mode) == 0o600
     ws_url, entries = load_fleet(fleet)
     assert ws_url.startswith("ws://127.0.0.1:")

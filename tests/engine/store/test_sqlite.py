@@ -312,3 +312,26 @@ async def test_a_read_error_other_than_busy_goes_to_its_caller(db_path: Path) ->
         with pytest.raises(sqlite3.OperationalError, match="no such table"):
             await store._read(lambda conn: conn.execute("SELECT * FROM nowhere").fetchall())
         assert await store.query_audit() == []
+
+
+async def test_a_batch_that_cannot_begin_fails_every_caller_and_the_next_batch_commits(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("engine.store.sqlite.BUSY_TIMEOUT_MS", 50)
+    errors: list[BaseException] = []
+
+    async def attempt(i: int) -> None:
+        try:
+            await store.append_audit(note(i))
+        except sqlite3.OperationalError as exc:
+            errors.append(exc)
+
+    async with open_sqlite_store(db_path) as store:
+        with write_lock(db_path):  # held past the (shortened) busy timeout
+            async with trio.open_nursery() as nursery:
+                for i in range(5):
+                    nursery.start_soon(attempt, i)
+        assert len(errors) == 5
+        assert all("the write transaction failed: database is locked" in str(e) for e in errors)
+        await store.append_audit(note(99))  # the lock is gone: the writer goes on
+        assert [r.detail["i"] for r in await store.query_audit()] == [99]
