@@ -160,7 +160,8 @@ class Store(Protocol):
         """
 
     async def open_challenges_for_device(self, device_id: str, now_ms: int) -> list[Challenge]:
-        """Pending challenges of the device whose expiry is after now, oldest first."""
+        """Pending challenges of the device whose expiry is after now, oldest first
+        (in the order they were created, even within one millisecond)."""
 
     async def pending_challenges(self) -> list[Challenge]:
         """Every pending challenge, expired or not (a restarted node re-arms their expiry)."""

@@ -433,7 +433,7 @@ class SqliteStore:
         rows = await self._read_all(
             f"SELECT {_CHALLENGE_COLUMNS} FROM challenges"
             " WHERE device_id = ? AND status = 'pending' AND expires_at > ?"
-            " ORDER BY created_at, challenge_id",
+            " ORDER BY created_at, rowid",  # rowid: the order they were created in
             (device_id, now_ms),
         )
         return [_challenge(row) for row in rows]
@@ -441,7 +441,7 @@ class SqliteStore:
     async def pending_challenges(self) -> list[Challenge]:
         rows = await self._read_all(
             f"SELECT {_CHALLENGE_COLUMNS} FROM challenges WHERE status = 'pending'"
-            " ORDER BY created_at, challenge_id",
+            " ORDER BY created_at, rowid",  # rowid: the order they were created in
             (),
         )
         return [_challenge(row) for row in rows]

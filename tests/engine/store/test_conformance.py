@@ -367,6 +367,15 @@ async def test_open_challenges_are_the_devices_pending_unexpired_ones_oldest_fir
     assert await store.open_challenges_for_device("d-none", now) == []
 
 
+async def test_challenges_of_one_millisecond_come_in_the_order_they_were_created(store: Store) -> None:
+    d1 = await enroll(store, "alice", "d1", 1)
+    ids = ["m", "b", "z", "a", "k"]  # not in any sort order of their own
+    for cid in ids:
+        await store.create_challenge(challenge(cid, d1, created_at=NOW))
+    assert [c.challenge_id for c in await store.open_challenges_for_device("d1", NOW)] == ids
+    assert [c.challenge_id for c in await store.pending_challenges()] == ids
+
+
 async def test_pending_challenges_include_expired_but_not_decided_ones(store: Store) -> None:
     d1 = await enroll(store, "alice", "d1", 1)
     d2 = await enroll(store, "bob", "d2", 2)
