@@ -2,9 +2,9 @@
 
 It negotiates the subprotocol, runs the pre-authentication part of the
 protocol (enroll, hello) itself, and then hands the connection to the
-device's actor as a `DeviceLink`. One task per phone reads its socket,
-parses frames inline and keeps the heartbeat (engine/websocket.py); the
-actor sends straight to the socket. A phone that does not take a frame
+device's actor as a `DeviceLink`. One task per phone reads its socket and
+parses frames inline (engine/websocket.py); one task pings them all
+(engine/heartbeat.py); the actor sends straight to the socket. A phone that does not take a frame
 within `send_timeout_s` is cut off with 4429, so a slow phone holds up
 nothing but its own actor, briefly. A phone that sends garbage gets `error`
 frames, then 1008; it costs the node a debug line, nothing more.
@@ -23,6 +23,7 @@ from actors.registry import ActorRegistry
 from engine.clock import Clock
 from engine.config import Config
 from engine.enrollment import EnrollmentService
+from engine.heartbeat import Beating, Heartbeat
 from engine.errors import (
     CLOSE_AUTH_FAILED,
     CLOSE_GOING_AWAY,
@@ -95,6 +96,11 @@ class DeviceConnection:
             pass
         return False
 
+    @property
+    def ending(self) -> bool:
+        """Asked to close, or closed."""
+        return self.close_request is not None or self.closed.is_set()
+
     def close(self, code: int, reason: str = "", *, flush: bool = True) -> None:
         """Have the connection's reader close the socket with `code`: after a close
         handshake of at most CLOSE_FLUSH_S, or at once without flush."""
@@ -124,12 +130,14 @@ class DeviceGateway:
         self._clock = clock
         self.max_connections = max_connections
         self.connections: set[DeviceConnection] = set()
+        self.heartbeat = Heartbeat(config.heartbeat_s, config.heartbeat_timeout_s, self._missed_heartbeat)
         self._handshakes = 0
         self.port = 0
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners, self.port = await open_listeners(self._config.ws)
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.heartbeat.run)
             await nursery.start(partial(trio.serve_listeners, self._handle, listeners, handler_nursery=nursery))
             task_status.started(self.port)
 
@@ -205,24 +213,19 @@ class DeviceGateway:
         return True
 
     async def _serve_phone(self, conn: DeviceConnection) -> None:
-        """Read the phone's frames for its actor and keep the heartbeat, until the end."""
-        config, ws = self._config, conn.ws
+        """Read the phone's frames for its actor until the end; `heartbeat` pings it."""
         session = conn.session
-        next_ping = trio.current_time() + config.heartbeat_s
+        self.heartbeat.watch(conn)
         while conn.close_request is None:
-            # While a ping is unanswered, the next thing due is its answer.
-            message = await self._next(conn, session, deadline=ws.pong_due or next_ping)
+            message = await self._next(conn, session)
             if message is not None:
                 await self._registry.send(conn.device_id, FromPhone(conn, message))
-                continue
-            now = trio.current_time()
-            if ws.pong_due is not None and now >= ws.pong_due:
-                self._stats.incr("heartbeat_timeouts")
-                log.debug("connection %s missed its heartbeat", conn.conn_id)
-                conn.close(CLOSE_INTERNAL, "heartbeat timeout", flush=False)
-            elif now >= next_ping:
-                await ws.ping(config.heartbeat_timeout_s)
-                next_ping = now + config.heartbeat_s
+
+    def _missed_heartbeat(self, conn: Beating) -> None:
+        assert isinstance(conn, DeviceConnection)
+        self._stats.incr("heartbeat_timeouts")
+        log.debug("connection %s missed its heartbeat", conn.conn_id)
+        conn.close(CLOSE_INTERNAL, "heartbeat timeout", flush=False)
 
     async def _next(self, conn: DeviceConnection, session: DeviceSession, deadline: float = float("inf")):
         """The next valid frame; None after answering an invalid one, at the
