@@ -163,16 +163,20 @@ async def _run(args: argparse.Namespace, spec: LoadSpec) -> Report:
             await rpc.call("policy.set", {k: _number(v) for k, _, v in (p.partition("=") for p in args.policy)})
         start: list = []
         load_start: list = []
+        load_end: list = []
 
         async with trio.open_nursery() as sampler:
 
             async def sample_at_load_start() -> None:
                 await trio.sleep(args.hold)
                 load_start.append(sample_process(args.node_pid))
+                await trio.sleep(args.duration)
+                load_end.append(sample_process(args.node_pid))
 
             async def go() -> None:
                 """Every phone is connected: the node's usage is measured from here,
-                and its CPU under load from the end of --hold, when the load starts."""
+                and its CPU under load from the end of --hold, when the load starts,
+                for --duration (not while the phones go away at the end)."""
                 if args.node_pid:
                     start.append(sample_process(args.node_pid))
                     sampler.start_soon(sample_at_load_start)
@@ -188,8 +192,9 @@ async def _run(args: argparse.Namespace, spec: LoadSpec) -> Report:
         end = sample_process(args.node_pid) if args.node_pid else None
         if start and start[0] is not None and end is not None:
             report.info["node"] = usage_between(args.node_pid, start[0], end)
-        if load_start and load_start[0] is not None and end is not None:
-            report.info["node_load"] = usage_between(args.node_pid, load_start[0], end)
+        load_stop = load_end[0] if load_end and load_end[0] is not None else end
+        if load_start and load_start[0] is not None and load_stop is not None:
+            report.info["node_load"] = usage_between(args.node_pid, load_start[0], load_stop)
     return report
 
 

@@ -14,15 +14,17 @@ tens of microseconds; handing the same work to a worker thread cost more
 CPU than that (~190 us a trip), and when the loop is busy, as it is under
 load, the worker waits for the GIL after every statement: behind a loop that
 releases the GIL for a moment at every system call, a waiting thread can lose
-the race for it for seconds (the writer managed 21 challenges/s beside a busy
-loop against 5,300/s beside an idle one; `python -m bench.store_load`
-measures it). So SQLite calls stay short and run inline: the writer's and the
+the race for it for seconds (with the store in worker threads, one read
+took 4 s beside a busy loop, and `python -m bench.store_load` counted no
+challenge at all in 4 s beside a busy loop against 3,959/s beside an idle
+one; inline, 5,337/s and 6,754/s). So SQLite calls stay short and run inline: the writer's and the
 reader's busy timeouts are 0, and only the rare call that must wait for a lock
 held by another process (BEGIN while another process writes, a read while
 another connection recovers the WAL) goes to a worker thread. The cost is
-that COMMIT's fsync and SQLite's automatic WAL checkpoints (every 1,000
-pages) hold the loop while they run: a fraction of a millisecond, and a few
-milliseconds, on this machine's disk.
+that COMMIT's fsync holds the loop while it runs: at 1,000 challenges/s the
+loop's lag was 1.6 ms at p99 and 4.2 ms at most, on this machine's disk.
+Checkpoints, which write the database file itself, run in a thread on a
+connection of their own (`SqliteStore._run_checkpoints`).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 5_000  # another process holding the write lock: wait this long, then fail
 WRITE_QUEUE_SIZE = 1_024  # a full queue makes writers wait: backpressure, not loss
 MAX_BATCH = 256  # bounds one transaction's duration, and so the latency of the next batch
+CHECKPOINT_EVERY_S = 1.0  # how often the checkpointer copies committed pages from the WAL into the file
 AUDIT_QUERY_LIMIT = 1_000
 _SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
@@ -206,9 +209,13 @@ class SqliteStore:
             far fewer than writes under load, which is the point of batching.
     """
 
-    def __init__(self, writer: sqlite3.Connection, reader: sqlite3.Connection):
+    def __init__(self, writer: sqlite3.Connection, reader: sqlite3.Connection,
+                 checkpointer: sqlite3.Connection):
         self._writer = writer
         self._reader = reader
+        self._checkpointer = checkpointer
+        self._stopped = trio.Event()
+        self.checkpoints = 0
         # A read that waits in a thread holds the read connection meanwhile.
         self._read_waiting = trio.Lock()
         self._queue_in, self._queue_out = trio.open_memory_channel[_Op[Any]](WRITE_QUEUE_SIZE)
@@ -658,6 +665,35 @@ class SqliteStore:
         finally:
             conn.execute("PRAGMA busy_timeout = 0")
 
+    # -- checkpoints -------------------------------------------------------
+    async def _run_checkpoints(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Copy committed pages from the WAL into the database file, in a thread, until stopped.
+
+        SQLite would do it inside a COMMIT every 1,000 pages (the writer's
+        automatic checkpoints are off): writes to the file and its fsync,
+        which on the Trio thread would hold the loop for milliseconds at a
+        time. A PASSIVE checkpoint waits for nobody and the writer goes on
+        meanwhile; a thread that is slow to get the GIL back only lets the WAL
+        grow a little longer. The last connection to close checkpoints what
+        is left.
+        """
+        task_status.started()
+        done = self.transactions_committed
+        limiter = trio.CapacityLimiter(1)
+        while not self._stopped.is_set():
+            with trio.move_on_after(CHECKPOINT_EVERY_S):
+                await self._stopped.wait()
+            if self.transactions_committed != done:
+                done = self.transactions_committed
+                try:
+                    await trio.to_thread.run_sync(_checkpoint, self._checkpointer, limiter=limiter)
+                except sqlite3.Error as exc:  # the next round tries again
+                    log.warning("WAL checkpoint failed: %s", exc)
+                else:
+                    self.checkpoints += 1
+
     # -- the read path -----------------------------------------------------
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         """Run `query` on the read connection, on the Trio thread (see the module's doc).
@@ -697,11 +733,13 @@ class SqliteStore:
         """Accept no more reads or writes; what is queued still runs."""
         self._closing = True
         self._queue_in.close()
+        self._stopped.set()
 
     def _close_connections(self) -> None:
         """Close both connections (the writer task has ended)."""
         self._closing = True
         # The writer closes last: the last connection checkpoints the WAL into the file.
+        self._checkpointer.close()
         self._reader.close()
         self._writer.close()
 
@@ -717,7 +755,7 @@ async def open_sqlite_store(
     attempted after that raises `trio.ClosedResourceError`.
 
     Args:
-        path: the database file. Not ":memory:": the read connections must
+        path: the database file. Not ":memory:": the read connection must
             see the same database as the writer.
         synchronous: SQLite's `PRAGMA synchronous` for the writer. FULL makes
             every commit durable on power loss; NORMAL (in WAL mode) only on
@@ -728,20 +766,23 @@ async def open_sqlite_store(
         raise ValueError(
             f"synchronous must be one of {sorted(_SYNCHRONOUS_MODES)}, not {synchronous!r}"
         )
-    writer, reader = await trio.to_thread.run_sync(_connect, Path(path), mode)
-    store = SqliteStore(writer, reader)
+    writer, reader, checkpointer = await trio.to_thread.run_sync(_connect, Path(path), mode)
+    store = SqliteStore(writer, reader, checkpointer)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(store._run_writer)
+            await nursery.start(store._run_checkpoints)
             try:
                 yield store
             finally:
                 store._stop()
     finally:
         # Shielded: connections must be closed even when we leave by cancellation.
-        # Closing the writer checkpoints the WAL into the file: a thread's work.
+        # Closing the writer checkpoints the WAL into the file: a thread's work,
+        # once no read waits in a thread of its own on the read connection.
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(store._close_connections)
+            async with store._read_waiting:
+                await trio.to_thread.run_sync(store._close_connections)
 
 
 def _delivery_update(challenge_id: str, channel: str | None, sent_at: int | None, delivered_at: int | None,
@@ -760,8 +801,10 @@ def _delivery_update(challenge_id: str, channel: str | None, sent_at: int | None
 # -- connections and schema -------------------------------------------------
 
 
-def _connect(path: Path, synchronous: str) -> tuple[sqlite3.Connection, sqlite3.Connection]:
-    """Open the writer (WAL, schema up to date) and the read-only connection."""
+def _connect(
+    path: Path, synchronous: str
+) -> tuple[sqlite3.Connection, sqlite3.Connection, sqlite3.Connection]:
+    """Open the writer (WAL, schema up to date), the read-only connection and the checkpointer."""
     path.parent.mkdir(parents=True, exist_ok=True)
     opened: list[sqlite3.Connection] = []
     try:
@@ -772,6 +815,7 @@ def _connect(path: Path, synchronous: str) -> tuple[sqlite3.Connection, sqlite3.
             raise RuntimeError(f"{path}: SQLite refused WAL journal mode (got {journal!r})")
         writer.execute(f"PRAGMA synchronous = {synchronous}")
         _migrate(writer, path)
+        writer.execute("PRAGMA wal_autocheckpoint = 0")  # SqliteStore._run_checkpoints does it
         reader = _open(path)
         opened.append(reader)
         reader.execute("PRAGMA query_only = ON")
@@ -779,11 +823,13 @@ def _connect(path: Path, synchronous: str) -> tuple[sqlite3.Connection, sqlite3.
         # SqliteStore._begin and SqliteStore._read.
         for conn in (writer, reader):
             conn.execute("PRAGMA busy_timeout = 0")
+        checkpointer = _open(path)  # used in worker threads only: it may wait
+        opened.append(checkpointer)
     except BaseException:
         for conn in opened:
             conn.close()
         raise
-    return writer, reader
+    return writer, reader, checkpointer
 
 
 def _open(path: Path) -> sqlite3.Connection:
@@ -821,6 +867,10 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
 
 
 # -- records <-> rows -------------------------------------------------------
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _fail(batch: list[_Op[Any]], cause: BaseException) -> None:

@@ -335,3 +335,27 @@ async def test_a_batch_that_cannot_begin_fails_every_caller_and_the_next_batch_c
         assert all("the write transaction failed: database is locked" in str(e) for e in errors)
         await store.append_audit(note(99))  # the lock is gone: the writer goes on
         assert [r.detail["i"] for r in await store.query_audit()] == [99]
+
+
+async def test_the_checkpointer_keeps_the_wal_from_growing(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer never checkpoints (so COMMIT never writes the database file
+    # on the Trio thread); without the checkpointer these 4,000 page-sized
+    # rows would leave a WAL of 16 MB and more.
+    monkeypatch.setattr("engine.store.sqlite.CHECKPOINT_EVERY_S", 0.02)
+    page = "x" * 4_000
+    async with open_sqlite_store(db_path) as store:
+        for batch in range(40):
+            async with trio.open_nursery() as nursery:
+                for i in range(100):
+                    nursery.start_soon(
+                        store.append_audit,
+                        [AuditEntry(at=NOW, kind="test.page", detail={"i": batch * 100 + i, "pad": page})],
+                    )
+            await trio.sleep(0.03)
+        assert store.checkpoints > 0
+        wal = db_path.with_name(db_path.name + "-wal")
+        assert wal.stat().st_size < 4 * 2**20
+        assert len(await store.query_audit(kind="test.page", limit=1_000)) == 1_000
+    assert raw_query(db_path, "SELECT count(*) FROM audit") == [(4_000,)]
