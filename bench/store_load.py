@@ -19,6 +19,7 @@ Usage: python -m bench.store_load [--seconds S] [--tasks N] [--json FILE]
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import secrets
 import sys
@@ -56,19 +57,20 @@ async def _seed(store: SqliteStore, now: int) -> list[Device]:
         for i in range(USERS)
     ]
 
-    def op(conn: Any) -> None:
-        conn.executemany(
-            "INSERT INTO users (user_id, created_at) VALUES (?, ?)",
-            [(d.user_id, now) for d in devices],
-        )
-        conn.executemany(
-            "INSERT INTO devices (device_id, user_id, public_key, platform, enrolled_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [(d.device_id, d.user_id, d.public_key, str(d.platform), now) for d in devices],
-        )
-
-    await store._write(op)
+    rows = [(d.user_id, d.device_id, d.public_key, str(d.platform)) for d in devices]
+    # By the module's importable name: run as `python -m`, this module is
+    # __main__, which the store's writer process cannot import.
+    await store._write(importlib.import_module("bench.store_load")._insert_devices, rows, now)
     return devices
+
+
+def _insert_devices(conn: Any, rows: list[tuple[str, str, bytes, str]], now: int) -> None:
+    """A write operation (run in the store's writer process): the fleet's users and devices."""
+    conn.executemany("INSERT INTO users (user_id, created_at) VALUES (?, ?)", [(r[0], now) for r in rows])
+    conn.executemany(
+        "INSERT INTO devices (device_id, user_id, public_key, platform, enrolled_at) VALUES (?, ?, ?, ?, ?)",
+        [(device_id, user_id, key, platform, now) for user_id, device_id, key, platform in rows],
+    )
 
 
 async def _one_challenge(store: SqliteStore, device: Device, serial: int) -> None:

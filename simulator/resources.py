@@ -62,7 +62,20 @@ class ProcessSample:
 
 
 def sample_process(pid: int) -> ProcessSample | None:
-    """The process's resident memory and CPU time so far, or None if it is gone."""
+    """The resident memory and CPU time so far of the process and its live children
+    (a node's store writer is one), or None if the process is gone."""
+    own = _sample_one(pid)
+    if own is None:
+        return None
+    rss, cpu = own
+    for child in _children(pid):
+        sample = _sample_one(child)
+        if sample is not None:
+            rss, cpu = rss + sample[0], cpu + sample[1]
+    return ProcessSample(rss, cpu, time.monotonic())
+
+
+def _sample_one(pid: int) -> tuple[int, float] | None:
     try:
         with open(f"/proc/{pid}/status") as status:
             rss_kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
@@ -72,7 +85,18 @@ def sample_process(pid: int) -> ProcessSample | None:
         cpu_s = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
     except (OSError, StopIteration, IndexError, ValueError):
         return None
-    return ProcessSample(rss_kib * 1024, cpu_s, time.monotonic())
+    return rss_kib * 1024, cpu_s
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as listed:
+                children.extend(int(child) for child in listed.read().split())
+    except (OSError, ValueError):
+        pass
+    return children
 
 
 def usage_between(pid: int, start: ProcessSample, end: ProcessSample) -> dict[str, float]:

@@ -1,30 +1,25 @@
 """The durable store on SQLite: one machine, one database file.
 
-Writes are group-committed. Every mutating call queues an operation (a function
-of the writer connection) and waits; one writer task takes whatever has queued
-up and runs it as ONE transaction, so one fsync serves many callers. An
-operation that raises is undone (the batch runs again with a SAVEPOINT around
-each operation) and its exception goes to its caller alone, while the rest of
-the batch commits. Conditional writes ("the first decision wins", "a code is
-used once") decide inside their operation, so the check and the change are
-atomic.
+Writes are group-committed. Every mutating call queues an operation (a
+module-level function of the writer connection and its arguments) and waits;
+one writer task takes whatever has queued up and sends it to the writer
+process (engine/store/sqlite_writer.py), which runs it as ONE transaction,
+so one fsync serves many callers. An operation that raises is undone (the
+batch runs again with a SAVEPOINT around each operation) and its exception
+goes to its caller alone, while the rest of the batch commits. Conditional
+writes ("the first decision wins", "a code is used once") decide inside
+their operation, so the check and the change are atomic. Outcomes reach
+their callers only after COMMIT, so no caller acts on a write that might
+still be lost.
 
-SQLite runs on the Trio thread. A point read or a write statement costs it
-tens of microseconds; handing the same work to a worker thread cost more
-CPU than that (~190 us a trip), and when the loop is busy, as it is under
-load, the worker waits for the GIL after every statement: behind a loop that
-releases the GIL for a moment at every system call, a waiting thread can lose
-the race for it for seconds (with the store in worker threads, one read
-took 4 s beside a busy loop, and `python -m bench.store_load` counted no
-challenge at all in 4 s beside a busy loop against 3,959/s beside an idle
-one; inline, 5,337/s and 6,754/s). So SQLite calls stay short and run inline: the writer's and the
-reader's busy timeouts are 0, and only the rare call that must wait for a lock
-held by another process (BEGIN while another process writes, a read while
-another connection recovers the WAL) goes to a worker thread. The cost is
-that COMMIT's fsync holds the loop while it runs: at 1,000 challenges/s the
-loop's lag was 1.6 ms at p99 and 4.2 ms at most, on this machine's disk.
-Checkpoints, which write the database file itself, run in a thread on a
-connection of their own (`SqliteStore._run_checkpoints`).
+The writer is a process, not a thread: a thread shares the GIL with a busy
+event loop and loses the race for it (see sqlite_writer.py for figures),
+while a process waits on the disk, fsync and checkpoints included, without
+holding up the loop. Reads run on the Trio thread on a read-only connection:
+in WAL mode a read waits for no writer, and a point read costs tens of
+microseconds, less than a trip to a worker thread would. Only a read that
+SQLite answers with "busy" (another connection recovering the WAL) goes to a
+thread that may wait.
 """
 
 from __future__ import annotations
@@ -58,6 +53,7 @@ from engine.models import (
 from engine.store.base import EnrollmentRejected
 from engine.store.sqlite_audit import (
     AUDIT_COLUMNS,
+    AuditRow,
     attributed,
     audit_record,
     audit_rows,
@@ -65,6 +61,7 @@ from engine.store.sqlite_audit import (
     json_text,
 )
 from engine.store.sqlite_totp import TOTP_MIGRATION, SqliteTotpStore
+from engine.store.sqlite_writer import WriterFailed, WriterProcess, encode
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -72,7 +69,6 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 5_000  # another process holding the write lock: wait this long, then fail
 WRITE_QUEUE_SIZE = 1_024  # a full queue makes writers wait: backpressure, not loss
 MAX_BATCH = 256  # bounds one transaction's duration, and so the latency of the next batch
-CHECKPOINT_EVERY_S = 1.0  # how often the checkpointer copies committed pages from the WAL into the file
 AUDIT_QUERY_LIMIT = 1_000
 _SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
@@ -179,18 +175,14 @@ _CHALLENGE_COLUMNS = (
 _SELECT_DEVICE = f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?"
 _SELECT_CHALLENGE = f"SELECT {_CHALLENGE_COLUMNS} FROM challenges WHERE challenge_id = ?"
 
-class _OperationRaised(Exception):
-    """An operation of a batch run without savepoints raised: run it again with them."""
-
-
 @dataclass(eq=False, slots=True)
 class _Op(Generic[T]):
-    """One queued read or write and, once its batch has run, its outcome.
+    """One queued write and, once its batch has run, its outcome.
 
-    Mutable on purpose: the reader or writer fills in the outcome, then sets `done`.
+    Mutable on purpose: the writer task fills in the outcome, then sets `done`.
     """
 
-    run: Callable[[sqlite3.Connection], T]
+    encoded: bytes  # a module-level function of the connection and its arguments, pickled
     detached: bool = False  # nobody waits for it: a failure can only be logged
     done: trio.Event = field(default_factory=trio.Event)
     result: T | None = None
@@ -209,19 +201,20 @@ class SqliteStore:
             far fewer than writes under load, which is the point of batching.
     """
 
-    def __init__(self, writer: sqlite3.Connection, reader: sqlite3.Connection,
-                 checkpointer: sqlite3.Connection):
+    def __init__(self, writer: WriterProcess, reader: sqlite3.Connection):
         self._writer = writer
         self._reader = reader
-        self._checkpointer = checkpointer
-        self._stopped = trio.Event()
-        self.checkpoints = 0
         # A read that waits in a thread holds the read connection meanwhile.
         self._read_waiting = trio.Lock()
         self._queue_in, self._queue_out = trio.open_memory_channel[_Op[Any]](WRITE_QUEUE_SIZE)
         self._closing = False
         self.transactions_committed = 0
         self.totp = SqliteTotpStore(self)
+
+    @property
+    def writer_pid(self) -> int:
+        """The writer process (engine/store/sqlite_writer.py)."""
+        return self._writer.pid
 
     # -- enrollments -------------------------------------------------------
     async def create_enrollment(
@@ -236,17 +229,7 @@ class SqliteStore:
             enrollment.device_id,
             bytes(code_hash),
         )
-        entries = audit_rows(audit)
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                f"INSERT INTO enrollments ({_ENROLLMENT_COLUMNS}, code_hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                params,
-            )
-            insert_audit(conn, entries)
-
-        await self._write(op)
+        await self._write(_create_enrollment, params, audit_rows(audit))
 
     async def get_enrollment(self, enrollment_id: str, now_ms: int) -> Enrollment | None:
         row = await self._read_one(
@@ -263,53 +246,7 @@ class SqliteStore:
     async def complete_enrollment(
         self, code_hash: bytes, device: Device, now_ms: int, audit: Sequence[AuditEntry] = ()
     ) -> tuple[Enrollment, Device | None]:
-        code_hash = bytes(code_hash)
-        entries = audit_rows(audit)
-
-        def op(conn: sqlite3.Connection) -> tuple[Enrollment, Device | None]:
-            row = conn.execute(
-                f"SELECT {_ENROLLMENT_COLUMNS} FROM enrollments WHERE code_hash = ?", (code_hash,)
-            ).fetchone()
-            if row is None:
-                raise EnrollmentRejected("unknown enrollment code")
-            enrollment = _enrollment(row)
-            if enrollment.status is not EnrollmentStatus.PENDING:
-                raise EnrollmentRejected("enrollment code already used")
-            if enrollment.expires_at <= now_ms:
-                raise EnrollmentRejected("enrollment code expired")
-            user_id = enrollment.user_id
-            conn.execute(
-                "INSERT INTO users (user_id, created_at) VALUES (?, ?)"
-                " ON CONFLICT (user_id) DO NOTHING",
-                (user_id, now_ms),
-            )
-            old = conn.execute(
-                f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = ? AND revoked_at IS NULL",
-                (user_id,),
-            ).fetchone()
-            revoked = None
-            if old is not None:
-                revoked = replace(_device(old), revoked_at=now_ms)
-                conn.execute(
-                    "UPDATE devices SET revoked_at = ? WHERE device_id = ?",
-                    (now_ms, revoked.device_id),
-                )
-            new = replace(device, user_id=user_id)
-            conn.execute(
-                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                _device_params(new),
-            )
-            conn.execute(
-                "UPDATE enrollments SET status = ?, device_id = ? WHERE enrollment_id = ?",
-                (str(EnrollmentStatus.COMPLETED), new.device_id, enrollment.enrollment_id),
-            )
-            insert_audit(conn, attributed(entries, user_id, new.device_id))
-            completed = replace(
-                enrollment, status=EnrollmentStatus.COMPLETED, device_id=new.device_id
-            )
-            return completed, revoked
-
-        return await self._write(op)
+        return await self._write(_complete_enrollment, bytes(code_hash), device, now_ms, audit_rows(audit))
 
     # -- devices -----------------------------------------------------------
     async def get_device(self, device_id: str) -> Device | None:
@@ -326,55 +263,28 @@ class SqliteStore:
     async def revoke_device(
         self, device_id: str, now_ms: int, audit: Sequence[AuditEntry] = ()
     ) -> Device | None:
-        entries = audit_rows(audit)
-
-        def op(conn: sqlite3.Connection) -> Device | None:
-            cursor = conn.execute(
-                "UPDATE devices SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
-                (now_ms, device_id),
-            )
-            if cursor.rowcount != 1:
-                return None
-            revoked = _device(conn.execute(_SELECT_DEVICE, (device_id,)).fetchone())
-            insert_audit(conn, attributed(entries, revoked.user_id, device_id))
-            return revoked
-
-        return await self._write(op)
+        return await self._write(_revoke_device, device_id, now_ms, audit_rows(audit))
 
     async def update_push_token(self, device_id: str, push_token: str | None) -> None:
         await self._write(
-            _statement(
-                "UPDATE devices SET push_token = ? WHERE device_id = ?", (push_token, device_id)
-            )
+            _statement, "UPDATE devices SET push_token = ? WHERE device_id = ?", (push_token, device_id)
         )
 
     async def touch_device(self, device_id: str, last_seen_ms: int) -> None:
         """Record when the device was last connected; an older time never
         overwrites a newer one (two connections may report out of order)."""
         await self._write(
-            _statement(
-                "UPDATE devices SET last_seen = ?"
-                " WHERE device_id = ? AND (last_seen IS NULL OR last_seen < ?)",
-                (last_seen_ms, device_id, last_seen_ms),
-            )
+            _statement,
+            "UPDATE devices SET last_seen = ?"
+            " WHERE device_id = ? AND (last_seen IS NULL OR last_seen < ?)",
+            (last_seen_ms, device_id, last_seen_ms),
         )
 
     # -- challenges --------------------------------------------------------
     async def create_challenge(
         self, challenge: Challenge, audit: Sequence[AuditEntry] = ()
     ) -> None:
-        params = _challenge_params(challenge)
-        entries = audit_rows(audit)
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                f"INSERT INTO challenges ({_CHALLENGE_COLUMNS})"
-                f" VALUES ({', '.join('?' * len(params))})",
-                params,
-            )
-            insert_audit(conn, entries)
-
-        await self._write(op)
+        await self._write(_create_challenge, _challenge_params(challenge), audit_rows(audit))
 
     async def get_challenge(self, challenge_id: str) -> Challenge | None:
         row = await self._read_one(_SELECT_CHALLENGE, (challenge_id,))
@@ -393,22 +303,7 @@ class SqliteStore:
             int(decision.fraud),
             challenge_id,
         )
-        entries = audit_rows(audit)
-
-        def op(conn: sqlite3.Connection) -> Challenge | None:
-            cursor = conn.execute(
-                "UPDATE challenges"
-                " SET status = ?, decided_at = ?, reason = ?, biometric = ?, fraud = ?"
-                " WHERE challenge_id = ? AND status = 'pending'",
-                params,
-            )
-            if cursor.rowcount != 1:
-                return None
-            decided = _challenge(conn.execute(_SELECT_CHALLENGE, (challenge_id,)).fetchone())
-            insert_audit(conn, attributed(entries, decided.user_id, decided.device_id))
-            return decided
-
-        return await self._write(op)
+        return await self._write(_decide_challenge, params, audit_rows(audit))
 
     async def record_delivery(
         self,
@@ -421,7 +316,7 @@ class SqliteStore:
     ) -> None:
         if channel is None and sent_at is None and delivered_at is None and shown_at is None:
             return
-        await self._write(_delivery_update(challenge_id, channel, sent_at, delivered_at, shown_at))
+        await self._write(*_delivery_update(challenge_id, channel, sent_at, delivered_at, shown_at))
 
     def record_delivery_soon(
         self,
@@ -434,7 +329,7 @@ class SqliteStore:
     ) -> None:
         if channel is None and sent_at is None and delivered_at is None and shown_at is None:
             return
-        self._write_soon(_delivery_update(challenge_id, channel, sent_at, delivered_at, shown_at))
+        self._write_soon(*_delivery_update(challenge_id, channel, sent_at, delivered_at, shown_at))
 
     async def open_challenges_for_device(self, device_id: str, now_ms: int) -> list[Challenge]:
         rows = await self._read_all(
@@ -464,21 +359,13 @@ class SqliteStore:
         if not pairs and not entries:
             return
 
-        def op(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT INTO policy (key, value) VALUES (?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                pairs,
-            )
-            insert_audit(conn, entries)
-
-        await self._write(op)
+        await self._write(_save_policy, pairs, entries)
 
     # -- audit -------------------------------------------------------------
     async def append_audit(self, entries: Sequence[AuditEntry]) -> None:
         rows = audit_rows(entries)
         if rows:
-            await self._write(lambda conn: insert_audit(conn, rows))
+            await self._write(insert_audit, rows)
 
     async def query_audit(
         self,
@@ -524,9 +411,13 @@ class SqliteStore:
         return [audit_record(row) for row in rows]
 
     # -- the write path ----------------------------------------------------
-    async def _write(self, run: Callable[[sqlite3.Connection], T]) -> T:
-        """Queue `run` for the next batch; return its result once the batch committed."""
-        op: _Op[T] = _Op(run)
+    async def _write(self, run: Callable[..., T], *args: Any) -> T:
+        """Queue `run(conn, *args)` for the next batch; its result once the batch committed.
+
+        `run` is a module-level function and `args` pickle: the writer
+        process runs them (engine/store/sqlite_writer.py).
+        """
+        op: _Op[T] = _Op(encode(run, args))
         try:
             await self._queue_in.send(op)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -536,14 +427,14 @@ class SqliteStore:
             raise op.error
         return op.result  # type: ignore[return-value]  # T, set by the writer
 
-    def _write_soon(self, run: Callable[[sqlite3.Connection], None]) -> None:
-        """Queue `run` for the next batch without waiting for it; a failure is logged.
+    def _write_soon(self, run: Callable[..., None], *args: Any) -> None:
+        """Queue `run(conn, *args)` for the next batch without waiting for it; a failure is logged.
 
         Raises:
             trio.ClosedResourceError: the store is closed.
             trio.WouldBlock: the write queue is full (the caller may fall back to `_write`).
         """
-        op: _Op[None] = _Op(run, detached=True)
+        op: _Op[None] = _Op(encode(run, args), detached=True)
         try:
             self._queue_in.send_nowait(op)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -563,8 +454,19 @@ class SqliteStore:
                         batch.append(self._queue_out.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                if await self._commit(batch):
+                try:
+                    committed, outcome = await self._writer.run([op.encoded for op in batch])
+                except WriterFailed as exc:
+                    _fail(batch, exc)
+                    for op in batch:
+                        op.done.set()
+                    raise
+                if committed:
                     self.transactions_committed += 1
+                    for op, (value, error) in zip(batch, outcome, strict=True):
+                        op.result, op.error = value, error
+                else:
+                    _fail(batch, outcome)
                 for op in batch:
                     op.done.set()
                     if op.detached and op.error is not None:
@@ -581,118 +483,6 @@ class SqliteStore:
                 if not op.done.is_set():
                     op.error = trio.ClosedResourceError("the store closed before this write ran")
                     op.done.set()
-
-    async def _commit(self, batch: list[_Op[Any]]) -> bool:
-        """Run one batch as one transaction. True if it committed.
-
-        First without savepoints: nearly every batch succeeds whole, and a
-        savepoint costs two statements an operation. If an operation raises,
-        the transaction is rolled back and the batch runs again with a
-        savepoint around each operation, so that the one that raised is
-        undone and its exception goes to its caller alone while the rest
-        commit. Outcomes are handed to the ops only after COMMIT, so no
-        caller can act on a write that might still be lost.
-        """
-        for savepoints in (False, True):
-            try:
-                await self._begin()
-            except sqlite3.Error as exc:
-                _fail(batch, exc)
-                return False
-            try:
-                return self._transaction(batch, savepoints=savepoints)
-            except _OperationRaised:
-                continue
-        raise AssertionError("a batch run with savepoints does not raise _OperationRaised")
-
-    def _transaction(self, batch: list[_Op[Any]], *, savepoints: bool) -> bool:
-        """The operations and COMMIT of a begun transaction, on the Trio thread."""
-        conn = self._writer
-        outcomes: list[tuple[Any, BaseException | None]] = []
-        try:
-            for op in batch:
-                if not savepoints:
-                    try:
-                        outcomes.append((op.run(conn), None))
-                    except Exception as exc:
-                        conn.execute("ROLLBACK")
-                        raise _OperationRaised from exc
-                    continue
-                conn.execute("SAVEPOINT op")
-                try:
-                    value = op.run(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((None, exc))
-                else:
-                    conn.execute("RELEASE op")
-                    outcomes.append((value, None))
-            conn.execute("COMMIT")
-        except _OperationRaised:
-            raise
-        except Exception as exc:
-            # The transaction as a whole failed (disk full, I/O error).
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            _fail(batch, exc)
-            return False
-        for op, (value, error) in zip(batch, outcomes, strict=True):
-            op.result, op.error = value, error
-        return True
-
-    async def _begin(self) -> None:
-        """BEGIN IMMEDIATE: at once if the write lock is free, else wait for it in a thread.
-
-        The writer's own busy timeout is 0, so that a statement on the Trio
-        thread never sleeps in SQLite's busy handler; only another process
-        holding the write lock sends the writer to a thread, for BEGIN alone.
-        """
-        try:
-            self._writer.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
-                raise
-            # Not abandonable on cancel: the writer must not be left mid-BEGIN.
-            await trio.to_thread.run_sync(self._begin_waiting)
-
-    def _begin_waiting(self) -> None:
-        conn = self._writer
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        finally:
-            conn.execute("PRAGMA busy_timeout = 0")
-
-    # -- checkpoints -------------------------------------------------------
-    async def _run_checkpoints(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Copy committed pages from the WAL into the database file, in a thread, until stopped.
-
-        SQLite would do it inside a COMMIT every 1,000 pages (the writer's
-        automatic checkpoints are off): writes to the file and its fsync,
-        which on the Trio thread would hold the loop for milliseconds at a
-        time. A PASSIVE checkpoint waits for nobody and the writer goes on
-        meanwhile; a thread that is slow to get the GIL back only lets the WAL
-        grow a little longer. The last connection to close checkpoints what
-        is left.
-        """
-        task_status.started()
-        done = self.transactions_committed
-        limiter = trio.CapacityLimiter(1)
-        while not self._stopped.is_set():
-            with trio.move_on_after(CHECKPOINT_EVERY_S):
-                await self._stopped.wait()
-            if self.transactions_committed != done:
-                done = self.transactions_committed
-                try:
-                    await trio.to_thread.run_sync(_checkpoint, self._checkpointer, limiter=limiter)
-                except sqlite3.Error as exc:  # the next round tries again
-                    log.warning("WAL checkpoint failed: %s", exc)
-                else:
-                    self.checkpoints += 1
 
     # -- the read path -----------------------------------------------------
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
@@ -733,15 +523,10 @@ class SqliteStore:
         """Accept no more reads or writes; what is queued still runs."""
         self._closing = True
         self._queue_in.close()
-        self._stopped.set()
 
-    def _close_connections(self) -> None:
-        """Close both connections (the writer task has ended)."""
+    def _close_reader(self) -> None:
         self._closing = True
-        # The writer closes last: the last connection checkpoints the WAL into the file.
-        self._checkpointer.close()
         self._reader.close()
-        self._writer.close()
 
 
 @contextlib.asynccontextmanager
@@ -766,28 +551,33 @@ async def open_sqlite_store(
         raise ValueError(
             f"synchronous must be one of {sorted(_SYNCHRONOUS_MODES)}, not {synchronous!r}"
         )
-    writer, reader, checkpointer = await trio.to_thread.run_sync(_connect, Path(path), mode)
-    store = SqliteStore(writer, reader, checkpointer)
+    reader = await trio.to_thread.run_sync(_connect, Path(path))
+    try:
+        writer = await WriterProcess.start(os.fspath(path), mode, BUSY_TIMEOUT_MS)
+    except BaseException:
+        reader.close()
+        raise
+    store = SqliteStore(writer, reader)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(store._run_writer)
-            await nursery.start(store._run_checkpoints)
             try:
                 yield store
             finally:
                 store._stop()
     finally:
         # Shielded: connections must be closed even when we leave by cancellation.
-        # Closing the writer checkpoints the WAL into the file: a thread's work,
-        # once no read waits in a thread of its own on the read connection.
+        # The writer closes last: the last connection checkpoints the WAL into the file.
         with trio.CancelScope(shield=True):
             async with store._read_waiting:
-                await trio.to_thread.run_sync(store._close_connections)
+                await trio.to_thread.run_sync(store._close_reader)
+            await writer.close()
 
 
 def _delivery_update(challenge_id: str, channel: str | None, sent_at: int | None, delivered_at: int | None,
-                     shown_at: int | None) -> Callable[[sqlite3.Connection], None]:
-    return _statement(
+                     shown_at: int | None) -> tuple[Callable[..., None], str, tuple[Any, ...]]:
+    return (
+        _statement,
         "UPDATE challenges SET"
         " delivery_channel = COALESCE(delivery_channel, ?),"
         " delivery_sent_at = COALESCE(delivery_sent_at, ?),"
@@ -801,35 +591,26 @@ def _delivery_update(challenge_id: str, channel: str | None, sent_at: int | None
 # -- connections and schema -------------------------------------------------
 
 
-def _connect(
-    path: Path, synchronous: str
-) -> tuple[sqlite3.Connection, sqlite3.Connection, sqlite3.Connection]:
-    """Open the writer (WAL, schema up to date), the read-only connection and the checkpointer."""
+def _connect(path: Path) -> sqlite3.Connection:
+    """Bring the database up to date (WAL, schema) and open the read-only connection."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    opened: list[sqlite3.Connection] = []
+    setup = _open(path)
     try:
-        writer = _open(path)
-        opened.append(writer)
-        journal = writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        journal = setup.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(journal).lower() != "wal":
             raise RuntimeError(f"{path}: SQLite refused WAL journal mode (got {journal!r})")
-        writer.execute(f"PRAGMA synchronous = {synchronous}")
-        _migrate(writer, path)
-        writer.execute("PRAGMA wal_autocheckpoint = 0")  # SqliteStore._run_checkpoints does it
+        _migrate(setup, path)
         reader = _open(path)
-        opened.append(reader)
-        reader.execute("PRAGMA query_only = ON")
-        # Neither sleeps in SQLite's busy handler on the Trio thread: see
-        # SqliteStore._begin and SqliteStore._read.
-        for conn in (writer, reader):
-            conn.execute("PRAGMA busy_timeout = 0")
-        checkpointer = _open(path)  # used in worker threads only: it may wait
-        opened.append(checkpointer)
-    except BaseException:
-        for conn in opened:
-            conn.close()
-        raise
-    return writer, reader, checkpointer
+        try:
+            reader.execute("PRAGMA query_only = ON")
+            # It never sleeps in SQLite's busy handler on the Trio thread: see SqliteStore._read.
+            reader.execute("PRAGMA busy_timeout = 0")
+        except BaseException:
+            reader.close()
+            raise
+    finally:
+        setup.close()
+    return reader
 
 
 def _open(path: Path) -> sqlite3.Connection:
@@ -869,10 +650,6 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
 # -- records <-> rows -------------------------------------------------------
 
 
-def _checkpoint(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-
-
 def _fail(batch: list[_Op[Any]], cause: BaseException) -> None:
     """The whole transaction failed: nothing of the batch is kept, and every caller learns it."""
     for op in batch:
@@ -881,13 +658,104 @@ def _fail(batch: list[_Op[Any]], cause: BaseException) -> None:
         op.error = failure
 
 
-def _statement(sql: str, params: Sequence[Any]) -> Callable[[sqlite3.Connection], None]:
-    """A write operation that runs one statement."""
+# -- write operations (run in the writer process: engine/store/sqlite_writer.py) --------
 
-    def op(conn: sqlite3.Connection) -> None:
-        conn.execute(sql, params)
 
-    return op
+def _statement(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> None:
+    conn.execute(sql, params)
+
+
+def _create_enrollment(conn: sqlite3.Connection, params: tuple[Any, ...], entries: list[AuditRow]) -> None:
+    conn.execute(
+        f"INSERT INTO enrollments ({_ENROLLMENT_COLUMNS}, code_hash) VALUES (?, ?, ?, ?, ?, ?, ?)", params
+    )
+    insert_audit(conn, entries)
+
+
+def _complete_enrollment(
+    conn: sqlite3.Connection, code_hash: bytes, device: Device, now_ms: int, entries: list[AuditRow]
+) -> tuple[Enrollment, Device | None]:
+    row = conn.execute(
+        f"SELECT {_ENROLLMENT_COLUMNS} FROM enrollments WHERE code_hash = ?", (code_hash,)
+    ).fetchone()
+    if row is None:
+        raise EnrollmentRejected("unknown enrollment code")
+    enrollment = _enrollment(row)
+    if enrollment.status is not EnrollmentStatus.PENDING:
+        raise EnrollmentRejected("enrollment code already used")
+    if enrollment.expires_at <= now_ms:
+        raise EnrollmentRejected("enrollment code expired")
+    user_id = enrollment.user_id
+    conn.execute(
+        "INSERT INTO users (user_id, created_at) VALUES (?, ?)"
+        " ON CONFLICT (user_id) DO NOTHING",
+        (user_id, now_ms),
+    )
+    old = conn.execute(
+        f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = ? AND revoked_at IS NULL",
+        (user_id,),
+    ).fetchone()
+    revoked = None
+    if old is not None:
+        revoked = replace(_device(old), revoked_at=now_ms)
+        conn.execute(
+            "UPDATE devices SET revoked_at = ? WHERE device_id = ?",
+            (now_ms, revoked.device_id),
+        )
+    new = replace(device, user_id=user_id)
+    conn.execute(
+        f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        _device_params(new),
+    )
+    conn.execute(
+        "UPDATE enrollments SET status = ?, device_id = ? WHERE enrollment_id = ?",
+        (str(EnrollmentStatus.COMPLETED), new.device_id, enrollment.enrollment_id),
+    )
+    insert_audit(conn, attributed(entries, user_id, new.device_id))
+    completed = replace(
+        enrollment, status=EnrollmentStatus.COMPLETED, device_id=new.device_id
+    )
+    return completed, revoked
+
+
+def _revoke_device(conn: sqlite3.Connection, device_id: str, now_ms: int, entries: list[AuditRow]) -> Device | None:
+    cursor = conn.execute(
+        "UPDATE devices SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+        (now_ms, device_id),
+    )
+    if cursor.rowcount != 1:
+        return None
+    revoked = _device(conn.execute(_SELECT_DEVICE, (device_id,)).fetchone())
+    insert_audit(conn, attributed(entries, revoked.user_id, device_id))
+    return revoked
+
+
+def _create_challenge(conn: sqlite3.Connection, params: tuple[Any, ...], entries: list[AuditRow]) -> None:
+    conn.execute(
+        f"INSERT INTO challenges ({_CHALLENGE_COLUMNS}) VALUES ({', '.join('?' * len(params))})", params
+    )
+    insert_audit(conn, entries)
+
+
+def _decide_challenge(conn: sqlite3.Connection, params: tuple[Any, ...], entries: list[AuditRow]) -> Challenge | None:
+    cursor = conn.execute(
+        "UPDATE challenges SET status = ?, decided_at = ?, reason = ?, biometric = ?, fraud = ?"
+        " WHERE challenge_id = ? AND status = 'pending'",
+        params,
+    )
+    if cursor.rowcount != 1:
+        return None
+    decided = _challenge(conn.execute(_SELECT_CHALLENGE, (params[-1],)).fetchone())
+    insert_audit(conn, attributed(entries, decided.user_id, decided.device_id))
+    return decided
+
+
+def _save_policy(conn: sqlite3.Connection, pairs: list[tuple[str, str]], entries: list[AuditRow]) -> None:
+    conn.executemany(
+        "INSERT INTO policy (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        pairs,
+    )
+    insert_audit(conn, entries)
 
 
 def _optional_bool(value: int | None) -> bool | None:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from engine.models import AuditEntry, TotpLockout, TotpRecord, TotpSecret
-from engine.store.sqlite_audit import audit_rows, insert_audit
+from engine.store.sqlite_audit import AuditRow, audit_rows, insert_audit
 from engine.totp.codes import TotpParams
 
 T = TypeVar("T")
@@ -58,7 +58,7 @@ _RESET_THROTTLE = (
 class _Engine(Protocol):
     """What this module needs of the SQLite store."""
 
-    def _write(self, run: Callable[[sqlite3.Connection], T]) -> Awaitable[T]: ...
+    def _write(self, run: Callable[..., T], *args: Any) -> Awaitable[T]: ...
 
     def _read(self, query: Callable[[sqlite3.Connection], T]) -> Awaitable[T]: ...
 
@@ -93,89 +93,94 @@ class SqliteTotpStore:
         return await self._engine._read(query)
 
     async def put_pending(self, user_id: str, secret: TotpSecret, audit: Sequence[AuditEntry] = ()) -> None:
-        params = (user_id, *_secret_params(secret))
-        entries = audit_rows(audit)
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM totp_secrets WHERE user_id = ? AND slot = 'pending'", (user_id,))
-            conn.execute(
-                f"INSERT INTO totp_secrets (user_id, slot, {_SECRET_COLUMNS})"
-                " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", params)
-            insert_audit(conn, entries)
-
-        await self._engine._write(op)
+        await self._engine._write(_put_pending, user_id, (user_id, *_secret_params(secret)), audit_rows(audit))
 
     async def confirm(
         self, user_id: str, secret_id: str, step: int, now_ms: int, audit: Sequence[AuditEntry] = ()
     ) -> bool:
-        entries = audit_rows(audit)
-
-        def op(conn: sqlite3.Connection) -> bool:
-            pending = conn.execute(
-                "SELECT last_step FROM totp_secrets WHERE user_id = ? AND slot = 'pending' AND secret_id = ?",
-                (user_id, secret_id)).fetchone()
-            if pending is None or pending["last_step"] >= step:
-                return False
-            conn.execute("DELETE FROM totp_secrets WHERE user_id = ? AND slot = 'active'", (user_id,))
-            conn.execute(
-                "UPDATE totp_secrets SET slot = 'active', confirmed_at = ?, last_step = ?"
-                " WHERE user_id = ? AND secret_id = ?", (now_ms, step, user_id, secret_id))
-            conn.execute(_RESET_THROTTLE, (user_id, now_ms))
-            insert_audit(conn, entries)
-            return True
-
-        return await self._engine._write(op)
+        return await self._engine._write(_confirm, user_id, secret_id, step, now_ms, audit_rows(audit))
 
     async def use_step(
         self, user_id: str, secret_id: str, step: int, now_ms: int, audit: Sequence[AuditEntry] = ()
     ) -> bool:
-        entries = audit_rows(audit)
-
-        def op(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE totp_secrets SET last_step = ?"
-                " WHERE user_id = ? AND slot = 'active' AND secret_id = ? AND last_step < ?",
-                (step, user_id, secret_id, step))
-            if cursor.rowcount != 1:
-                return False
-            conn.execute(_RESET_THROTTLE, (user_id, now_ms))
-            insert_audit(conn, entries)
-            return True
-
-        return await self._engine._write(op)
+        return await self._engine._write(_use_step, user_id, secret_id, step, now_ms, audit_rows(audit))
 
     async def record_failure(
         self, user_id: str, now_ms: int, lockout: TotpLockout, audit: Sequence[AuditEntry] = ()
     ) -> tuple[int, int | None]:
-        entries = audit_rows(audit)
-
-        def op(conn: sqlite3.Connection) -> tuple[int, int | None]:
-            failures = conn.execute(
-                "INSERT INTO totp_throttle (user_id, failures) VALUES (?, 1)"
-                " ON CONFLICT (user_id) DO UPDATE SET failures = failures + 1"
-                " RETURNING failures", (user_id,)).fetchone()[0]
-            lock_ms = lockout.lock_ms(failures)
-            until = None
-            if lock_ms > 0:
-                until = now_ms + lock_ms
-                conn.execute("UPDATE totp_throttle SET locked_until = ? WHERE user_id = ?", (until, user_id))
-                entries.extend(audit_rows([AuditEntry(now_ms, "totp.locked", user_id=user_id, detail={
-                    "failures": failures, "until": until, "lock_s": lock_ms // 1000})]))
-            insert_audit(conn, entries)
-            return failures, until
-
-        return await self._engine._write(op)
+        return await self._engine._write(_record_failure, user_id, now_ms, lockout, audit_rows(audit))
 
     async def remove(self, user_id: str, audit: Sequence[AuditEntry] = ()) -> bool:
-        entries = audit_rows(audit)
+        return await self._engine._write(_remove, user_id, audit_rows(audit))
 
-        def op(conn: sqlite3.Connection) -> bool:
-            removed = conn.execute("DELETE FROM totp_secrets WHERE user_id = ?", (user_id,)).rowcount > 0
-            if removed:
-                insert_audit(conn, entries)
-            return removed
 
-        return await self._engine._write(op)
+# -- write operations (run in the writer process: engine/store/sqlite_writer.py) --------
+
+
+def _put_pending(
+    conn: sqlite3.Connection, user_id: str, params: tuple[Any, ...], entries: list[AuditRow]
+) -> None:
+    conn.execute("DELETE FROM totp_secrets WHERE user_id = ? AND slot = 'pending'", (user_id,))
+    conn.execute(
+        f"INSERT INTO totp_secrets (user_id, slot, {_SECRET_COLUMNS})"
+        " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", params)
+    insert_audit(conn, entries)
+
+
+def _confirm(
+    conn: sqlite3.Connection, user_id: str, secret_id: str, step: int, now_ms: int, entries: list[AuditRow]
+) -> bool:
+    pending = conn.execute(
+        "SELECT last_step FROM totp_secrets WHERE user_id = ? AND slot = 'pending' AND secret_id = ?",
+        (user_id, secret_id)).fetchone()
+    if pending is None or pending["last_step"] >= step:
+        return False
+    conn.execute("DELETE FROM totp_secrets WHERE user_id = ? AND slot = 'active'", (user_id,))
+    conn.execute(
+        "UPDATE totp_secrets SET slot = 'active', confirmed_at = ?, last_step = ?"
+        " WHERE user_id = ? AND secret_id = ?", (now_ms, step, user_id, secret_id))
+    conn.execute(_RESET_THROTTLE, (user_id, now_ms))
+    insert_audit(conn, entries)
+    return True
+
+
+def _use_step(
+    conn: sqlite3.Connection, user_id: str, secret_id: str, step: int, now_ms: int, entries: list[AuditRow]
+) -> bool:
+    cursor = conn.execute(
+        "UPDATE totp_secrets SET last_step = ?"
+        " WHERE user_id = ? AND slot = 'active' AND secret_id = ? AND last_step < ?",
+        (step, user_id, secret_id, step))
+    if cursor.rowcount != 1:
+        return False
+    conn.execute(_RESET_THROTTLE, (user_id, now_ms))
+    insert_audit(conn, entries)
+    return True
+
+
+def _record_failure(
+    conn: sqlite3.Connection, user_id: str, now_ms: int, lockout: TotpLockout, entries: list[AuditRow]
+) -> tuple[int, int | None]:
+    failures = conn.execute(
+        "INSERT INTO totp_throttle (user_id, failures) VALUES (?, 1)"
+        " ON CONFLICT (user_id) DO UPDATE SET failures = failures + 1"
+        " RETURNING failures", (user_id,)).fetchone()[0]
+    lock_ms = lockout.lock_ms(failures)
+    until = None
+    if lock_ms > 0:
+        until = now_ms + lock_ms
+        conn.execute("UPDATE totp_throttle SET locked_until = ? WHERE user_id = ?", (until, user_id))
+        entries.extend(audit_rows([AuditEntry(now_ms, "totp.locked", user_id=user_id, detail={
+            "failures": failures, "until": until, "lock_s": lock_ms // 1000})]))
+    insert_audit(conn, entries)
+    return failures, until
+
+
+def _remove(conn: sqlite3.Connection, user_id: str, entries: list[AuditRow]) -> bool:
+    removed = conn.execute("DELETE FROM totp_secrets WHERE user_id = ?", (user_id,)).rowcount > 0
+    if removed:
+        insert_audit(conn, entries)
+    return removed
 
 
 def _secret_params(secret: TotpSecret) -> tuple[Any, ...]:

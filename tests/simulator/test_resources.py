@@ -108,3 +108,20 @@ def test_usage_between_two_samples():
     end = ProcessSample(rss_bytes=150 * 2**20, cpu_s=2.5, at=13.0)
     assert usage_between(42, start, end) == {"pid": 42, "rss_start_mib": 100, "rss_end_mib": 150,
                                              "cpu_s": 1.5, "cpu_percent": 50}
+
+
+def test_sample_process_counts_its_live_children():
+    # A node's store writer is a child process: its CPU and memory are the node's.
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import time\nblock = bytearray(64 * 2**20)\nend = time.process_time() + 0.5\n"
+                              "while time.process_time() < end: pass\ntime.sleep(30)"])
+    try:
+        before = sample_process(os.getpid())
+        time.sleep(1.0)  # the child burns 0.5 s of CPU meanwhile; this process idles
+        after = sample_process(os.getpid())
+        assert before is not None and after is not None
+        assert after.cpu_s - before.cpu_s >= 0.3
+        assert after.rss_bytes > 64 * 2**20
+    finally:
+        child.kill()
+        child.wait()
