@@ -455,7 +455,11 @@ class SqliteStore:
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 try:
-                    committed, outcome = await self._writer.run([op.encoded for op in batch])
+                    # Shielded: a batch sent always gets its answer, which the
+                    # process gives once it committed or failed, so no caller
+                    # is told "not written" about a write that was.
+                    with trio.CancelScope(shield=True):
+                        committed, outcome = await self._writer.run([op.encoded for op in batch])
                 except WriterFailed as exc:
                     _fail(batch, exc)
                     for op in batch:

@@ -18,13 +18,16 @@ raised, or, if the transaction as a whole failed, that failure. The pipe
 carries only what this process itself sends; nothing else ever writes to it.
 
 Run as `python -m engine.store.sqlite_writer PATH SYNCHRONOUS BUSY_TIMEOUT_MS`
-by `WriterProcess`, never by hand. It exits when its stdin closes.
+by `WriterProcess`, never by hand. It ignores SIGINT and SIGTERM (they are
+meant for the node, which still writes as it stops) and exits when its
+stdin closes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import pickle
+import signal
 import sqlite3
 import struct
 import subprocess
@@ -162,6 +165,11 @@ def _read_exact(stream: Any, size: int) -> bytes | None:
 
 
 def _serve(path: str, synchronous: str, busy_timeout_ms: int) -> None:
+    # Ctrl-C in a terminal, or a service manager's SIGTERM, reaches the whole
+    # process group: the node must still commit what it writes while it
+    # shuts down. This process ends when the node closes its stdin (or dies).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # isolation_level=None: BEGIN and COMMIT are ours. SQLite checkpoints the
     # WAL inside COMMIT every 1,000 pages: here, that blocks nobody.
     conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None)

@@ -387,3 +387,15 @@ async def test_a_writer_process_that_dies_fails_the_writes_and_the_store_loudly(
             with pytest.raises(sqlite3.OperationalError, match="the writer process ended"):
                 await store.append_audit(note(2))
     assert raw_query(db_path, "SELECT count(*) FROM audit") == [(1,)]  # what committed is kept
+
+
+async def test_the_writer_outlives_the_signals_meant_for_the_node(db_path: Path) -> None:
+    # Ctrl-C or SIGTERM reach the node's whole process group; the node still
+    # writes while it shuts down, so its writer must not die of them.
+    async with open_sqlite_store(db_path) as store:
+        await store.append_audit(note(1))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            os.kill(store.writer_pid, sig)
+        await trio.sleep(0.2)
+        await store.append_audit(note(2))
+    assert raw_query(db_path, "SELECT count(*) FROM audit") == [(2,)]
