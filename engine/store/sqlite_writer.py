@@ -233,7 +233,7 @@ class WriterProcess:
         try:
             await self._process.stdin.send_all(FRAME.pack(len(body)) + body)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise WriterFailed("the writer process is gone") from exc
+            raise self._ended() from exc
         (size,) = FRAME.unpack(await self._read(FRAME.size))
         return pickle.loads(await self._read(size))
 
@@ -243,13 +243,17 @@ class WriterProcess:
             try:
                 data = await self._process.stdout.receive_some(max(65536, size - len(self._buffer)))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise WriterFailed("the writer process is gone") from exc
+                raise self._ended() from exc
             if not data:
-                raise WriterFailed(f"the writer process ended (exit status {self._process.poll()})")
+                raise self._ended()
             self._buffer += data
         chunk = bytes(self._buffer[:size])
         del self._buffer[:size]
         return chunk
+
+    def _ended(self) -> WriterFailed:
+        status = self._process.poll()
+        return WriterFailed("the writer process ended" + ("" if status is None else f" (exit status {status})"))
 
     async def close(self) -> None:
         """Let the process finish (it commits nothing more) and wait for it to exit."""
