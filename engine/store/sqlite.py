@@ -42,26 +42,21 @@ from engine.models import (
     Challenge,
     ChallengeStatus,
     Decision,
-    Delivery,
     Device,
     Enrollment,
     EnrollmentStatus,
-    MatchMode,
-    Platform,
-    ResourceKind,
 )
-from engine.store.base import EnrollmentRejected
 from engine.store.sqlite_audit import (
     AUDIT_COLUMNS,
-    AuditRow,
-    attributed,
     audit_record,
     audit_rows,
     insert_audit,
     json_text,
 )
+from engine.store import sqlite_tables as tables
 from engine.store.sqlite_totp import TOTP_MIGRATION, SqliteTotpStore
-from engine.store.sqlite_writer import WriterFailed, WriterProcess, encode
+from engine.store.sqlite_writer import encode
+from engine.store.sqlite_writer_process import WriterFailed, WriterProcess
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -160,21 +155,6 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-_DEVICE_COLUMNS = (
-    "device_id, user_id, public_key, platform, push_token, device_name,"
-    " app_version, enrolled_at, revoked_at, last_seen"
-)
-_ENROLLMENT_COLUMNS = "enrollment_id, user_id, created_at, expires_at, status, device_id"
-_CHALLENGE_COLUMNS = (
-    "challenge_id, user_id, device_id, resource_kind, resource_name, context,"
-    " created_at, expires_at, context_hash, require_biometric, match_mode, match_code,"
-    " choices, status, decided_at, biometric, fraud, reason, delivery_channel,"
-    " delivery_sent_at, delivery_delivered_at, delivery_shown_at"
-)
-
-_SELECT_DEVICE = f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?"
-_SELECT_CHALLENGE = f"SELECT {_CHALLENGE_COLUMNS} FROM challenges WHERE challenge_id = ?"
-
 @dataclass(eq=False, slots=True)
 class _Op(Generic[T]):
     """One queued write and, once its batch has run, its outcome.
@@ -229,16 +209,16 @@ class SqliteStore:
             enrollment.device_id,
             bytes(code_hash),
         )
-        await self._write(_create_enrollment, params, audit_rows(audit))
+        await self._write(tables.create_enrollment, params, audit_rows(audit))
 
     async def get_enrollment(self, enrollment_id: str, now_ms: int) -> Enrollment | None:
         row = await self._read_one(
-            f"SELECT {_ENROLLMENT_COLUMNS} FROM enrollments WHERE enrollment_id = ?",
+            f"SELECT {tables.ENROLLMENT_COLUMNS} FROM enrollments WHERE enrollment_id = ?",
             (enrollment_id,),
         )
         if row is None:
             return None
-        enrollment = _enrollment(row)
+        enrollment = tables.enrollment_from(row)
         if enrollment.status is EnrollmentStatus.PENDING and enrollment.expires_at <= now_ms:
             return replace(enrollment, status=EnrollmentStatus.EXPIRED)
         return enrollment
@@ -246,35 +226,37 @@ class SqliteStore:
     async def complete_enrollment(
         self, code_hash: bytes, device: Device, now_ms: int, audit: Sequence[AuditEntry] = ()
     ) -> tuple[Enrollment, Device | None]:
-        return await self._write(_complete_enrollment, bytes(code_hash), device, now_ms, audit_rows(audit))
+        return await self._write(
+            tables.complete_enrollment, bytes(code_hash), device, now_ms, audit_rows(audit)
+        )
 
     # -- devices -----------------------------------------------------------
     async def get_device(self, device_id: str) -> Device | None:
-        row = await self._read_one(_SELECT_DEVICE, (device_id,))
-        return None if row is None else _device(row)
+        row = await self._read_one(tables.SELECT_DEVICE, (device_id,))
+        return None if row is None else tables.device_from(row)
 
     async def active_device_for_user(self, user_id: str) -> Device | None:
         row = await self._read_one(
-            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = ? AND revoked_at IS NULL",
+            f"SELECT {tables.DEVICE_COLUMNS} FROM devices WHERE user_id = ? AND revoked_at IS NULL",
             (user_id,),
         )
-        return None if row is None else _device(row)
+        return None if row is None else tables.device_from(row)
 
     async def revoke_device(
         self, device_id: str, now_ms: int, audit: Sequence[AuditEntry] = ()
     ) -> Device | None:
-        return await self._write(_revoke_device, device_id, now_ms, audit_rows(audit))
+        return await self._write(tables.revoke_device, device_id, now_ms, audit_rows(audit))
 
     async def update_push_token(self, device_id: str, push_token: str | None) -> None:
         await self._write(
-            _statement, "UPDATE devices SET push_token = ? WHERE device_id = ?", (push_token, device_id)
+            tables.statement, "UPDATE devices SET push_token = ? WHERE device_id = ?", (push_token, device_id)
         )
 
     async def touch_device(self, device_id: str, last_seen_ms: int) -> None:
         """Record when the device was last connected; an older time never
         overwrites a newer one (two connections may report out of order)."""
         await self._write(
-            _statement,
+            tables.statement,
             "UPDATE devices SET last_seen = ?"
             " WHERE device_id = ? AND (last_seen IS NULL OR last_seen < ?)",
             (last_seen_ms, device_id, last_seen_ms),
@@ -284,11 +266,11 @@ class SqliteStore:
     async def create_challenge(
         self, challenge: Challenge, audit: Sequence[AuditEntry] = ()
     ) -> None:
-        await self._write(_create_challenge, _challenge_params(challenge), audit_rows(audit))
+        await self._write(tables.create_challenge, tables.challenge_params(challenge), audit_rows(audit))
 
     async def get_challenge(self, challenge_id: str) -> Challenge | None:
-        row = await self._read_one(_SELECT_CHALLENGE, (challenge_id,))
-        return None if row is None else _challenge(row)
+        row = await self._read_one(tables.SELECT_CHALLENGE, (challenge_id,))
+        return None if row is None else tables.challenge_from(row)
 
     async def decide_challenge(
         self, challenge_id: str, decision: Decision, audit: Sequence[AuditEntry] = ()
@@ -303,7 +285,7 @@ class SqliteStore:
             int(decision.fraud),
             challenge_id,
         )
-        return await self._write(_decide_challenge, params, audit_rows(audit))
+        return await self._write(tables.decide_challenge, params, audit_rows(audit))
 
     async def record_delivery(
         self,
@@ -333,20 +315,20 @@ class SqliteStore:
 
     async def open_challenges_for_device(self, device_id: str, now_ms: int) -> list[Challenge]:
         rows = await self._read_all(
-            f"SELECT {_CHALLENGE_COLUMNS} FROM challenges"
+            f"SELECT {tables.CHALLENGE_COLUMNS} FROM challenges"
             " WHERE device_id = ? AND status = 'pending' AND expires_at > ?"
             " ORDER BY created_at, rowid",  # rowid: the order they were created in
             (device_id, now_ms),
         )
-        return [_challenge(row) for row in rows]
+        return [tables.challenge_from(row) for row in rows]
 
     async def pending_challenges(self) -> list[Challenge]:
         rows = await self._read_all(
-            f"SELECT {_CHALLENGE_COLUMNS} FROM challenges WHERE status = 'pending'"
+            f"SELECT {tables.CHALLENGE_COLUMNS} FROM challenges WHERE status = 'pending'"
             " ORDER BY created_at, rowid",  # rowid: the order they were created in
             (),
         )
-        return [_challenge(row) for row in rows]
+        return [tables.challenge_from(row) for row in rows]
 
     # -- policy ------------------------------------------------------------
     async def load_policy(self) -> dict[str, Any]:
@@ -359,7 +341,7 @@ class SqliteStore:
         if not pairs and not entries:
             return
 
-        await self._write(_save_policy, pairs, entries)
+        await self._write(tables.save_policy, pairs, entries)
 
     # -- audit -------------------------------------------------------------
     async def append_audit(self, entries: Sequence[AuditEntry]) -> None:
@@ -581,7 +563,7 @@ async def open_sqlite_store(
 def _delivery_update(challenge_id: str, channel: str | None, sent_at: int | None, delivered_at: int | None,
                      shown_at: int | None) -> tuple[Callable[..., None], str, tuple[Any, ...]]:
     return (
-        _statement,
+        tables.statement,
         "UPDATE challenges SET"
         " delivery_channel = COALESCE(delivery_channel, ?),"
         " delivery_sent_at = COALESCE(delivery_sent_at, ?),"
@@ -660,206 +642,3 @@ def _fail(batch: list[_Op[Any]], cause: BaseException) -> None:
         failure = sqlite3.OperationalError(f"the write transaction failed: {cause}")
         failure.__cause__ = cause
         op.error = failure
-
-
-# -- write operations (run in the writer process: engine/store/sqlite_writer.py) --------
-
-
-def _statement(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> None:
-    conn.execute(sql, params)
-
-
-def _create_enrollment(conn: sqlite3.Connection, params: tuple[Any, ...], entries: list[AuditRow]) -> None:
-    conn.execute(
-        f"INSERT INTO enrollments ({_ENROLLMENT_COLUMNS}, code_hash) VALUES (?, ?, ?, ?, ?, ?, ?)", params
-    )
-    insert_audit(conn, entries)
-
-
-def _complete_enrollment(
-    conn: sqlite3.Connection, code_hash: bytes, device: Device, now_ms: int, entries: list[AuditRow]
-) -> tuple[Enrollment, Device | None]:
-    row = conn.execute(
-        f"SELECT {_ENROLLMENT_COLUMNS} FROM enrollments WHERE code_hash = ?", (code_hash,)
-    ).fetchone()
-    if row is None:
-        raise EnrollmentRejected("unknown enrollment code")
-    enrollment = _enrollment(row)
-    if enrollment.status is not EnrollmentStatus.PENDING:
-        raise EnrollmentRejected("enrollment code already used")
-    if enrollment.expires_at <= now_ms:
-        raise EnrollmentRejected("enrollment code expired")
-    user_id = enrollment.user_id
-    conn.execute(
-        "INSERT INTO users (user_id, created_at) VALUES (?, ?)"
-        " ON CONFLICT (user_id) DO NOTHING",
-        (user_id, now_ms),
-    )
-    old = conn.execute(
-        f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = ? AND revoked_at IS NULL",
-        (user_id,),
-    ).fetchone()
-    revoked = None
-    if old is not None:
-        revoked = replace(_device(old), revoked_at=now_ms)
-        conn.execute(
-            "UPDATE devices SET revoked_at = ? WHERE device_id = ?",
-            (now_ms, revoked.device_id),
-        )
-    new = replace(device, user_id=user_id)
-    conn.execute(
-        f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        _device_params(new),
-    )
-    conn.execute(
-        "UPDATE enrollments SET status = ?, device_id = ? WHERE enrollment_id = ?",
-        (str(EnrollmentStatus.COMPLETED), new.device_id, enrollment.enrollment_id),
-    )
-    insert_audit(conn, attributed(entries, user_id, new.device_id))
-    completed = replace(
-        enrollment, status=EnrollmentStatus.COMPLETED, device_id=new.device_id
-    )
-    return completed, revoked
-
-
-def _revoke_device(conn: sqlite3.Connection, device_id: str, now_ms: int, entries: list[AuditRow]) -> Device | None:
-    cursor = conn.execute(
-        "UPDATE devices SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
-        (now_ms, device_id),
-    )
-    if cursor.rowcount != 1:
-        return None
-    revoked = _device(conn.execute(_SELECT_DEVICE, (device_id,)).fetchone())
-    insert_audit(conn, attributed(entries, revoked.user_id, device_id))
-    return revoked
-
-
-def _create_challenge(conn: sqlite3.Connection, params: tuple[Any, ...], entries: list[AuditRow]) -> None:
-    conn.execute(
-        f"INSERT INTO challenges ({_CHALLENGE_COLUMNS}) VALUES ({', '.join('?' * len(params))})", params
-    )
-    insert_audit(conn, entries)
-
-
-def _decide_challenge(conn: sqlite3.Connection, params: tuple[Any, ...], entries: list[AuditRow]) -> Challenge | None:
-    cursor = conn.execute(
-        "UPDATE challenges SET status = ?, decided_at = ?, reason = ?, biometric = ?, fraud = ?"
-        " WHERE challenge_id = ? AND status = 'pending'",
-        params,
-    )
-    if cursor.rowcount != 1:
-        return None
-    decided = _challenge(conn.execute(_SELECT_CHALLENGE, (params[-1],)).fetchone())
-    insert_audit(conn, attributed(entries, decided.user_id, decided.device_id))
-    return decided
-
-
-def _save_policy(conn: sqlite3.Connection, pairs: list[tuple[str, str]], entries: list[AuditRow]) -> None:
-    conn.executemany(
-        "INSERT INTO policy (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        pairs,
-    )
-    insert_audit(conn, entries)
-
-
-def _optional_bool(value: int | None) -> bool | None:
-    return None if value is None else bool(value)
-
-
-def _enrollment(row: sqlite3.Row) -> Enrollment:
-    return Enrollment(
-        enrollment_id=row["enrollment_id"],
-        user_id=row["user_id"],
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        status=EnrollmentStatus(row["status"]),
-        device_id=row["device_id"],
-    )
-
-
-def _device_params(device: Device) -> tuple[Any, ...]:
-    return (
-        device.device_id,
-        device.user_id,
-        bytes(device.public_key),
-        str(device.platform),
-        device.push_token,
-        device.device_name,
-        device.app_version,
-        device.enrolled_at,
-        device.revoked_at,
-        device.last_seen,
-    )
-
-
-def _device(row: sqlite3.Row) -> Device:
-    return Device(
-        device_id=row["device_id"],
-        user_id=row["user_id"],
-        public_key=bytes(row["public_key"]),
-        platform=Platform(row["platform"]),
-        enrolled_at=row["enrolled_at"],
-        push_token=row["push_token"],
-        device_name=row["device_name"],
-        app_version=row["app_version"],
-        revoked_at=row["revoked_at"],
-        last_seen=row["last_seen"],
-    )
-
-
-def _challenge_params(c: Challenge) -> tuple[Any, ...]:
-    """The row for `c`, in the order of _CHALLENGE_COLUMNS."""
-    return (
-        c.challenge_id,
-        c.user_id,
-        c.device_id,
-        str(c.resource_kind),
-        c.resource_name,
-        json_text(c.context),
-        c.created_at,
-        c.expires_at,
-        c.context_hash,
-        int(c.require_biometric),
-        str(c.match),
-        c.match_code,
-        None if c.choices is None else json_text(list(c.choices)),
-        str(c.status),
-        c.decided_at,
-        None if c.biometric is None else int(c.biometric),
-        int(c.fraud),
-        c.reason,
-        c.delivery.channel,
-        c.delivery.sent_at,
-        c.delivery.delivered_at,
-        c.delivery.shown_at,
-    )
-
-
-def _challenge(row: sqlite3.Row) -> Challenge:
-    choices = row["choices"]
-    return Challenge(
-        challenge_id=row["challenge_id"],
-        user_id=row["user_id"],
-        device_id=row["device_id"],
-        resource_kind=ResourceKind(row["resource_kind"]),
-        resource_name=row["resource_name"],
-        context=json.loads(row["context"]),
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        context_hash=row["context_hash"],
-        require_biometric=bool(row["require_biometric"]),
-        match=MatchMode(row["match_mode"]),
-        match_code=row["match_code"],
-        choices=None if choices is None else tuple(json.loads(choices)),
-        status=ChallengeStatus(row["status"]),
-        decided_at=row["decided_at"],
-        biometric=_optional_bool(row["biometric"]),
-        fraud=bool(row["fraud"]),
-        reason=row["reason"],
-        delivery=Delivery(
-            channel=row["delivery_channel"],
-            sent_at=row["delivery_sent_at"],
-            delivered_at=row["delivery_delivered_at"],
-            shown_at=row["delivery_shown_at"],
-        ),
-    )

@@ -18,7 +18,9 @@ raised, or, if the transaction as a whole failed, that failure. The pipe
 carries only what this process itself sends; nothing else ever writes to it.
 
 Run as `python -m engine.store.sqlite_writer PATH SYNCHRONOUS BUSY_TIMEOUT_MS`
-by `WriterProcess`, never by hand. It ignores SIGINT and SIGTERM (they are
+by `WriterProcess` (engine/store/sqlite_writer_process.py), never by hand.
+It imports no Trio (nor do the table modules whose operations it runs), so
+it starts in tens of milliseconds. It ignores SIGINT and SIGTERM (they are
 meant for the node, which still writes as it stops) and exits when its
 stdin closes.
 """
@@ -30,12 +32,10 @@ import pickle
 import signal
 import sqlite3
 import struct
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import trio
 
 FRAME = struct.Struct("!I")  # the length of the pickle that follows
 READY = b"ready\n"
@@ -45,15 +45,8 @@ Operation = tuple[Callable[..., Any], tuple[Any, ...]]
 Outcomes = list[tuple[Any, BaseException | None]]
 
 
-class WriterFailed(Exception):
-    """The writer process is gone: no write can commit any more."""
-
-
 class _OperationRaised(Exception):
     """An operation of a batch run without savepoints raised: run it again with them."""
-
-
-# -- the child ------------------------------------------------------------------------
 
 
 def encode(run: Callable[..., Any], args: tuple[Any, ...]) -> bytes:
@@ -190,83 +183,6 @@ def _serve(path: str, synchronous: str, busy_timeout_ms: int) -> None:
             out.flush()
     finally:
         conn.close()  # the last connection checkpoints the WAL into the file
-
-
-# -- the parent -----------------------------------------------------------------------
-
-
-class WriterProcess:
-    """The node's side of the writer process: one batch at a time, over its stdin and stdout."""
-
-    def __init__(self, process: trio.Process):
-        self._process = process
-        self._buffer = bytearray()
-
-    @classmethod
-    async def start(cls, path: str, synchronous: str, busy_timeout_ms: int) -> WriterProcess:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "engine.store.sqlite_writer", path, synchronous, str(busy_timeout_ms)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        writer = cls(process)
-        try:
-            with trio.fail_after(60):
-                if await writer._read(len(READY)) != READY:
-                    raise WriterFailed("the writer process did not start")
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await writer.close()
-            raise
-        return writer
-
-    @property
-    def pid(self) -> int:
-        return self._process.pid
-
-    async def run(self, batch: Sequence[bytes]) -> tuple[bool, Any]:
-        """Commit `batch` (operations made by `encode`); as `run_batch` answers. One caller at a time.
-
-        Raises:
-            WriterFailed: the process is gone (then every later call raises it too).
-        """
-        body = pickle.dumps(list(batch), pickle.HIGHEST_PROTOCOL)
-        assert self._process.stdin is not None
-        try:
-            await self._process.stdin.send_all(FRAME.pack(len(body)) + body)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise self._ended() from exc
-        (size,) = FRAME.unpack(await self._read(FRAME.size))
-        return pickle.loads(await self._read(size))
-
-    async def _read(self, size: int) -> bytes:
-        assert self._process.stdout is not None
-        while len(self._buffer) < size:
-            try:
-                data = await self._process.stdout.receive_some(max(65536, size - len(self._buffer)))
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise self._ended() from exc
-            if not data:
-                raise self._ended()
-            self._buffer += data
-        chunk = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return chunk
-
-    def _ended(self) -> WriterFailed:
-        status = self._process.poll()
-        return WriterFailed("the writer process ended" + ("" if status is None else f" (exit status {status})"))
-
-    async def close(self) -> None:
-        """Let the process finish (it commits nothing more) and wait for it to exit."""
-        if self._process.stdin is not None:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await self._process.stdin.aclose()
-        with trio.move_on_after(60):
-            await self._process.wait()
-        if self._process.poll() is None:
-            self._process.kill()
-            await self._process.wait()
-        if self._process.stdout is not None:
-            await self._process.stdout.aclose()
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import trio.testing
 from engine.models import AuditEntry, Challenge, Device, Enrollment, Platform, ResourceKind
 from engine.store.base import EnrollmentRejected, Store
 from engine.store.sqlite import SCHEMA_VERSION, SqliteStore, open_sqlite_store
-from engine.store.sqlite_writer import WriterFailed
+from engine.store.sqlite_writer_process import WriterFailed
 
 pytestmark = pytest.mark.trio
 
