@@ -3,7 +3,7 @@
 The write operations are module-level functions of the writer connection,
 run in the writer process (engine/store/sqlite_writer.py), which imports
 this module to unpickle them: so nothing here imports Trio, and the process
-starts quickly. Schema and migrations: engine/store/sqlite.py.
+starts quickly. Schema and migrations: engine/store/sqlite_schema.py.
 """
 
 from __future__ import annotations

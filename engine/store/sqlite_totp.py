@@ -1,8 +1,8 @@
 """The TOTP part of the SQLite store: sealed secrets and the throttle.
 
-It writes through the store's group-committed writer and reads through its
-read pool, so a TOTP verification costs one read and one write like any other
-store call. Schema: `TOTP_MIGRATION`, applied by engine/store/sqlite.py.
+It writes through the store's group-committed writer and reads on its read
+connection, so a TOTP verification costs one read and one write like any other
+store call. Schema: `TOTP_MIGRATION`, applied by engine/store/sqlite_schema.py.
 """
 
 from __future__ import annotations

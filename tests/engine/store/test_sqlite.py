@@ -23,7 +23,8 @@ import trio.testing
 
 from engine.models import AuditEntry, Challenge, Device, Enrollment, Platform, ResourceKind
 from engine.store.base import EnrollmentRejected, Store
-from engine.store.sqlite import SCHEMA_VERSION, SqliteStore, open_sqlite_store
+from engine.store.sqlite import SqliteStore, open_sqlite_store
+from engine.store.sqlite_schema import SCHEMA_VERSION
 from engine.store.sqlite_writer_process import WriterFailed
 
 pytestmark = pytest.mark.trio
