@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import signal
 import stat
 import subprocess
 import sys
@@ -20,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from engine.rpc_client import RpcClient
 from pushguard.cli import main as cli_main
 from simulator.fleet import FleetEntry, load_fleet, save_fleet
+from simulator.localnode import LocalNode
 from simulator.report import LATENCIES, Report
 from simulator.simulate import Progress
 
@@ -78,23 +77,15 @@ def test_spawn_node_two_workers_fleet_and_json(tmp_path):
     assert {e.user_id.rsplit("-", 1)[0] for e in entries} == {"sim-0", "sim-1"}
 
 
-class ServedNode:
-    def __init__(self, data_dir: Path):
-        self.data_dir = data_dir
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pushguard", "serve", "--data-dir", str(data_dir), "--ws", "127.0.0.1:0",
-             "--rpc", "127.0.0.1:0", "--log-level", "WARNING"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        banner = self.process.stdout.readline()
-        self.ws, self.rpc = re.search(r"phones (ws://\S+), backends (\S+)", banner).groups()
+class ServedNode(LocalNode):
+    """A node (`pushguard serve`) the simulator runs against, started as `--spawn-node` does."""
 
     def args(self) -> list[str]:
         return ["--ws", self.ws, "--rpc", self.rpc, "--node-data-dir", str(self.data_dir)]
 
     async def audit(self, kind: str) -> list[dict]:
         host, port = self.rpc.rsplit(":", 1)
-        key = (self.data_dir / "dev-api-key").read_text().strip()
-        async with RpcClient.connect(host, int(port), api_key=key) as rpc:
+        async with RpcClient.connect(host, int(port), api_key=self.api_key) as rpc:
             return await rpc.call("audit.query", {"kind": kind, "limit": 1000})
 
 
@@ -104,13 +95,7 @@ def served_node(tmp_path) -> Iterator[ServedNode]:
     try:
         yield node
     finally:
-        node.process.send_signal(signal.SIGTERM)
-        try:
-            node.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            node.process.kill()
-            node.process.wait()
-        node.process.stdout.close()
+        node.stop()
 
 
 def test_a_second_run_reuses_the_fleet_file(served_node, tmp_path):
