@@ -4,10 +4,11 @@ It negotiates the subprotocol, runs the pre-authentication part of the
 protocol (enroll, hello) itself, and then hands the connection to the
 device's actor as a `DeviceLink`. One task per phone reads its socket and
 parses frames inline (engine/websocket.py); one task pings them all
-(engine/heartbeat.py); the actor sends straight to the socket. A phone that does not take a frame
-within `send_timeout_s` is cut off with 4429, so a slow phone holds up
-nothing but its own actor, briefly. A phone that sends garbage gets `error`
-frames, then 1008; it costs the node a debug line, nothing more.
+(engine/heartbeat.py); the actor sends straight to the socket. A phone that
+does not take a frame within `send_timeout_s` is cut off with 4429, so a
+slow phone holds up nothing but its own actor, briefly. A phone that sends
+garbage gets `error` frames, then 1008; it costs the node a debug line,
+nothing more.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from actors.registry import ActorRegistry
 from engine.clock import Clock
 from engine.config import Config
 from engine.enrollment import EnrollmentService
-from engine.heartbeat import Beating, Heartbeat
 from engine.errors import (
     CLOSE_AUTH_FAILED,
     CLOSE_GOING_AWAY,
@@ -36,6 +36,7 @@ from engine.errors import (
     DeviceError,
     DeviceErrorCode,
 )
+from engine.heartbeat import Beating, Heartbeat
 from engine.models import Device
 from engine.protocol.device import (
     SUBPROTOCOLS,
@@ -227,10 +228,10 @@ class DeviceGateway:
         log.debug("connection %s missed its heartbeat", conn.conn_id)
         conn.close(CLOSE_INTERNAL, "heartbeat timeout", flush=False)
 
-    async def _next(self, conn: DeviceConnection, session: DeviceSession, deadline: float = float("inf")):
-        """The next valid frame; None after answering an invalid one, at the
-        deadline, or when the connection is to close."""
-        data = await conn.ws.receive(deadline)
+    async def _next(self, conn: DeviceConnection, session: DeviceSession):
+        """The next valid frame; None after answering an invalid one, or when
+        the connection is to close."""
+        data = await conn.ws.receive()
         if data is None:
             return None
         try:

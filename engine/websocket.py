@@ -5,7 +5,7 @@ several events, and sends through a lock and a writer; with 19,000 phones
 that is most of a node's memory, and every frame costs a few task switches.
 Here a connection is an object and no task of its own: the task that reads
 (the gateway's handler for that phone) parses frames inline, answers pings
-and keeps the heartbeat with deadlines; any task may send, under a lock,
+and notes pongs; any task may send (pings too), under a lock,
 straight to the socket, and a send that cannot finish in time marks the
 peer as too slow. wsproto does the protocol (RFC 6455 framing, the h11
 handshake); this module only moves its bytes.
@@ -13,7 +13,6 @@ handshake); this module only moves its bytes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -111,8 +110,8 @@ class ServerWebsocket:
         self._interrupted = False
 
     # -- receiving (one task only: the connection's reader) -----------------------------
-    async def receive(self, deadline: float = math.inf) -> str | bytes | None:
-        """The next message, or None if `deadline` passes first or `interrupt` is called.
+    async def receive(self) -> str | bytes | None:
+        """The next message, or None if `interrupt` is called first.
 
         Pings are answered and pongs noted on the way.
 
@@ -127,7 +126,7 @@ class ServerWebsocket:
                 self._interrupted = False
                 return None
             data: bytes | None = None
-            with trio.CancelScope(deadline=deadline) as self._receive_scope:
+            with trio.CancelScope() as self._receive_scope:
                 data = await _receive(self.stream)
             self._receive_scope = None
             if data is None:
