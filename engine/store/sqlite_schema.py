@@ -125,15 +125,18 @@ def connect_reader(path: Path) -> sqlite3.Connection:
     return reader
 
 
-def open_connection(path: Path) -> sqlite3.Connection:
-    # isolation_level=None: we issue BEGIN/COMMIT ourselves. check_same_thread
-    # is off because Trio's worker threads vary; our limiters keep each
-    # connection to one thread at a time.
+def open_connection(path: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+    """A connection as every part of the store wants it: rows by name, foreign keys on.
+
+    isolation_level=None: the store issues BEGIN and COMMIT itself.
+    check_same_thread is off because the read connection may serve a worker
+    thread when it must wait (SqliteStore._read), one at a time.
+    """
     conn = sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
     )
     conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
 

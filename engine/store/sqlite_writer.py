@@ -34,10 +34,13 @@ import sqlite3
 import struct
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from engine.store.sqlite_schema import open_connection
 
-FRAME = struct.Struct("!I")  # the length of the pickle that follows
+
+FRAME = struct.Struct("!I")  # the length of what follows: a batch, an operation in it, or a reply
 READY = b"ready\n"
 
 Operation = tuple[Callable[..., Any], tuple[Any, ...]]
@@ -59,6 +62,22 @@ def encode(run: Callable[..., Any], args: tuple[Any, ...]) -> bytes:
     if getattr(run, "__module__", None) == "__main__":
         raise pickle.PicklingError(f"{run.__qualname__} is defined in __main__, which the writer cannot import")
     return pickle.dumps((run, args), pickle.HIGHEST_PROTOCOL)
+
+
+def frame_batch(batch: Sequence[bytes]) -> bytes:
+    """A batch of encoded operations as one message down the pipe."""
+    body = b"".join([FRAME.pack(len(blob)) + blob for blob in batch])
+    return FRAME.pack(len(body)) + body
+
+
+def _operations(body: bytes) -> list[Operation]:
+    operations, offset = [], 0
+    while offset < len(body):
+        (size,) = FRAME.unpack_from(body, offset)
+        offset += FRAME.size
+        operations.append(_decode(body[offset:offset + size]))
+        offset += size
+    return operations
 
 
 def _decode(blob: bytes) -> Operation:
@@ -163,12 +182,9 @@ def _serve(path: str, synchronous: str, busy_timeout_ms: int) -> None:
     # shuts down. This process ends when the node closes its stdin (or dies).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # isolation_level=None: BEGIN and COMMIT are ours. SQLite checkpoints the
-    # WAL inside COMMIT every 1,000 pages: here, that blocks nobody.
-    conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    conn.execute("PRAGMA foreign_keys = ON")
+    # SQLite checkpoints the WAL inside COMMIT every 1,000 pages: here, that
+    # blocks nobody.
+    conn = open_connection(Path(path), busy_timeout_ms)
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     out.write(READY)
@@ -178,7 +194,7 @@ def _serve(path: str, synchronous: str, busy_timeout_ms: int) -> None:
             body = _read_exact(inp, FRAME.unpack(header)[0])
             if body is None:
                 break
-            reply = _reply(run_batch(conn, [_decode(blob) for blob in pickle.loads(body)]))
+            reply = _reply(run_batch(conn, _operations(body)))
             out.write(FRAME.pack(len(reply)) + reply)
             out.flush()
     finally:

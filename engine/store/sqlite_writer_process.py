@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from engine.store.sqlite_writer import FRAME, READY
+from engine.store.sqlite_writer import FRAME, READY, frame_batch
 
 
 class WriterFailed(Exception):
@@ -56,10 +56,9 @@ class WriterProcess:
         Raises:
             WriterFailed: the process is gone (then every later call raises it too).
         """
-        body = pickle.dumps(list(batch), pickle.HIGHEST_PROTOCOL)
         assert self._process.stdin is not None
         try:
-            await self._process.stdin.send_all(FRAME.pack(len(body)) + body)
+            await self._process.stdin.send_all(frame_batch(batch))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise self._ended() from exc
         (size,) = FRAME.unpack(await self._read(FRAME.size))
