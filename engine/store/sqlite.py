@@ -161,19 +161,12 @@ class SqliteStore:
         return await self._write(tables.revoke_device, device_id, now_ms, audit_rows(audit))
 
     async def update_push_token(self, device_id: str, push_token: str | None) -> None:
-        await self._write(
-            tables.statement, "UPDATE devices SET push_token = ? WHERE device_id = ?", (push_token, device_id)
-        )
+        await self._write(tables.update_push_token, device_id, push_token)
 
     async def touch_device(self, device_id: str, last_seen_ms: int) -> None:
         """Record when the device was last connected; an older time never
         overwrites a newer one (two connections may report out of order)."""
-        await self._write(
-            tables.statement,
-            "UPDATE devices SET last_seen = ?"
-            " WHERE device_id = ? AND (last_seen IS NULL OR last_seen < ?)",
-            (last_seen_ms, device_id, last_seen_ms),
-        )
+        await self._write(tables.touch_device, device_id, last_seen_ms)
 
     # -- challenges --------------------------------------------------------
     async def create_challenge(
@@ -211,7 +204,7 @@ class SqliteStore:
     ) -> None:
         if channel is None and sent_at is None and delivered_at is None and shown_at is None:
             return
-        await self._write(*_delivery_update(challenge_id, channel, sent_at, delivered_at, shown_at))
+        await self._write(tables.record_delivery, (channel, sent_at, delivered_at, shown_at, challenge_id))
 
     def record_delivery_soon(
         self,
@@ -224,7 +217,7 @@ class SqliteStore:
     ) -> None:
         if channel is None and sent_at is None and delivered_at is None and shown_at is None:
             return
-        self._write_soon(*_delivery_update(challenge_id, channel, sent_at, delivered_at, shown_at))
+        self._write_soon(tables.record_delivery, (channel, sent_at, delivered_at, shown_at, challenge_id))
 
     async def open_challenges_for_device(self, device_id: str, now_ms: int) -> list[Challenge]:
         rows = await self._read_all(
@@ -349,6 +342,7 @@ class SqliteStore:
                         batch.append(self._queue_out.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                gone: WriterFailed | None = None
                 try:
                     # Shielded: a batch sent always gets its answer, which the
                     # process gives once it committed or failed, so no caller
@@ -356,10 +350,7 @@ class SqliteStore:
                     with trio.CancelScope(shield=True):
                         committed, outcome = await self._writer.run([op.encoded for op in batch])
                 except WriterFailed as exc:
-                    _fail(batch, exc)
-                    for op in batch:
-                        op.done.set()
-                    raise
+                    committed, outcome, gone = False, exc, exc
                 if committed:
                     self.transactions_committed += 1
                     for op, (value, error) in zip(batch, outcome, strict=True):
@@ -370,6 +361,8 @@ class SqliteStore:
                     op.done.set()
                     if op.detached and op.error is not None:
                         log.warning("a queued write failed: %r", op.error)
+                if gone is not None:
+                    raise gone  # no later write can commit: the store ends, loudly
                 batch = []
         finally:
             # Cancelled or crashed: whatever has not run never will; tell its callers.
@@ -471,20 +464,6 @@ async def open_sqlite_store(
             async with store._read_waiting:
                 await trio.to_thread.run_sync(store._close_reader)
             await writer.close()
-
-
-def _delivery_update(challenge_id: str, channel: str | None, sent_at: int | None, delivered_at: int | None,
-                     shown_at: int | None) -> tuple[Callable[..., None], str, tuple[Any, ...]]:
-    return (
-        tables.statement,
-        "UPDATE challenges SET"
-        " delivery_channel = COALESCE(delivery_channel, ?),"
-        " delivery_sent_at = COALESCE(delivery_sent_at, ?),"
-        " delivery_delivered_at = COALESCE(delivery_delivered_at, ?),"
-        " delivery_shown_at = COALESCE(delivery_shown_at, ?)"
-        " WHERE challenge_id = ?",
-        (channel, sent_at, delivered_at, shown_at, challenge_id),
-    )
 
 
 def _fail(batch: list[_Op[Any]], cause: BaseException) -> None:

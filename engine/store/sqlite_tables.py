@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -48,8 +47,29 @@ SELECT_CHALLENGE = f"SELECT {CHALLENGE_COLUMNS} FROM challenges WHERE challenge_
 # -- write operations -----------------------------------------------------------------
 
 
-def statement(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> None:
-    conn.execute(sql, params)
+def update_push_token(conn: sqlite3.Connection, device_id: str, push_token: str | None) -> None:
+    conn.execute("UPDATE devices SET push_token = ? WHERE device_id = ?", (push_token, device_id))
+
+
+def touch_device(conn: sqlite3.Connection, device_id: str, last_seen_ms: int) -> None:
+    conn.execute(
+        "UPDATE devices SET last_seen = ? WHERE device_id = ? AND (last_seen IS NULL OR last_seen < ?)",
+        (last_seen_ms, device_id, last_seen_ms),
+    )
+
+
+def record_delivery(conn: sqlite3.Connection, params: tuple[Any, ...]) -> None:
+    """Delivery times, each kept once set: params are channel, sent_at,
+    delivered_at, shown_at and the challenge id."""
+    conn.execute(
+        "UPDATE challenges SET"
+        " delivery_channel = COALESCE(delivery_channel, ?),"
+        " delivery_sent_at = COALESCE(delivery_sent_at, ?),"
+        " delivery_delivered_at = COALESCE(delivery_delivered_at, ?),"
+        " delivery_shown_at = COALESCE(delivery_shown_at, ?)"
+        " WHERE challenge_id = ?",
+        params,
+    )
 
 
 def create_enrollment(conn: sqlite3.Connection, params: tuple[Any, ...], entries: list[AuditRow]) -> None:
